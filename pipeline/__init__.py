@@ -1,0 +1,1 @@
+"""facerepro: a reproducible experiment pipeline for deep face recognition."""
