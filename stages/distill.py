@@ -1,0 +1,24 @@
+"""Stage distill: train the teacher, then the MobileFaceNet student with the teacher's embeddings as hints."""
+from __future__ import annotations
+
+from pipeline import stage
+from pipeline.config import Config
+from pipeline.paths import Paths
+from pipeline.recipes import STUDENT, TEACHER
+from pipeline.runs import train_recipe
+
+
+def run(cfg: Config, paths: Paths) -> None:
+    if not cfg.distill.enabled:
+        raise ValueError("distill.enabled is false: remove the distill stage or enable it")
+    for seed in cfg.seeds:
+        train_recipe(cfg, paths, TEACHER, seed)
+        train_recipe(cfg, paths, STUDENT, seed)
+
+
+def main() -> None:
+    stage.main("distill", run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Stage evaluate: the FINAL weights of one model on every aligned pair protocol (10-fold verification, flip test,
+TAR@FAR, the insightface-tools protocol). Nothing here selects a checkpoint."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pandas as pd
+
+from pipeline import stage
+from pipeline.config import Config
+from pipeline.data.loader import load_benchmark_arrays
+from pipeline.evaluate.embeddings import evaluate_pairs
+from pipeline.io import atomic_path, write_json_atomic
+from pipeline.paths import Paths
+from pipeline.recipes import recipes
+from pipeline.runs import load_backbone, seed_dir
+from pipeline.tracking import MlflowTracker
+from pipeline.train.engine import resolve_device
+
+
+def run(cfg: Config, paths: Paths, model: str) -> dict:
+    recipe = recipes(cfg).get(model)
+    if recipe is None:
+        raise KeyError(f"model {model!r} is not trained by this profile; known: {', '.join(recipes(cfg))}")
+    device = resolve_device(cfg.train.device)
+    benchmarks = {d.name: load_benchmark_arrays(d) for d in sorted(paths.benchmarks(paths.aligned).iterdir())}
+    per_seed: dict[str, dict] = {}
+    per_pair = []
+    for seed in cfg.seeds:
+        backbone, meta = load_backbone(cfg, paths, model, seed)
+        train_info = json.loads((seed_dir(paths, model, seed) / "train.json").read_text())
+        entry: dict = {"diverged_at_step": meta.get("diverged_at_step"), "train": train_info, "benchmarks": {}}
+        if meta.get("diverged_at_step") is None:
+            for name, (images, pairs) in benchmarks.items():
+                result = evaluate_pairs(backbone, images, pairs, device=device, batch_size=cfg.evaluate.batch_size)
+                entry["benchmarks"][name] = result.to_metrics()
+                per_pair.append(
+                    pd.DataFrame(
+                        {
+                            "seed": seed,
+                            "benchmark": name,
+                            "pair": range(len(pairs)),
+                            "correct": result.correct_flip if cfg.evaluate.flip else result.correct,
+                        }
+                    )
+                )
+        per_seed[str(seed)] = entry
+        _track(cfg, paths, model, seed, entry)
+    report = {"model": model, "label": recipe.label, "tables": list(recipe.tables), "flip": cfg.evaluate.flip, "seeds": per_seed}
+    with atomic_path(paths.eval_dir(model) / "pairs.parquet") as staged:
+        frame = pd.concat(per_pair, ignore_index=True) if per_pair else pd.DataFrame(columns=["seed", "benchmark", "pair", "correct"])
+        frame.to_parquet(staged, index=False)
+    write_json_atomic(paths.metrics("eval", model), report)
+    return report
+
+
+def _track(cfg: Config, paths: Paths, model: str, seed: int, entry: dict) -> None:
+    run_file = seed_dir(paths, model, seed) / "mlflow_run.json"
+    if not (cfg.tracking.enabled and run_file.is_file()):
+        return
+    tracker = MlflowTracker.resume(cfg.tracking, json.loads(run_file.read_text())["run_id"], paths.root)
+    tracker.log_metrics(
+        {f"{bench}.{key}": value for bench, metrics in entry["benchmarks"].items() for key, value in metrics.items()}
+    )
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a row name, or pretrain / teacher / student")
+
+
+def main() -> None:
+    stage.main("evaluate", run, _arguments)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Stage train: one table row (head, margins, init) for every seed of the profile."""
+from __future__ import annotations
+
+import argparse
+
+from pipeline import stage
+from pipeline.config import Config
+from pipeline.paths import Paths
+from pipeline.runs import train_recipe
+
+
+def run(cfg: Config, paths: Paths, row: str) -> None:
+    cfg.row(row)  # a clear error for an unknown row
+    for seed in cfg.seeds:
+        train_recipe(cfg, paths, row, seed)
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--row", required=True, help="a key of `rows` in params.yaml")
+
+
+def main() -> None:
+    stage.main("train", run, _arguments)
+
+
+if __name__ == "__main__":
+    main()
