@@ -1,0 +1,114 @@
+"""The training engine: bitwise-exact resume, the divergence guard, weight-decay groups, the schedule."""
+import math
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from pipeline import heads, models
+from pipeline.config import TrainConfig
+from pipeline.train import checkpoint
+from pipeline.train.engine import TrainJob, distillation_loss, train
+from pipeline.train.optim import parameter_groups, step_lr_factor
+from pipeline.train.order import StepBatchSampler
+
+SIZE = 32
+
+
+def tiny_dataset(n=48, classes=4, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    images = torch.randn(n, 3, SIZE, SIZE, generator=generator) * 0.3 + labels[:, None, None, None] * 0.2
+    return TensorDataset(images, labels)
+
+
+def make_job(iterations=8, seed=3, head="li_arcface", lr=0.05, **train_overrides):
+    torch.manual_seed(seed)
+    backbone = models.build("mobilefacenet", embedding_size=16, input_size=SIZE)
+    margin_head = heads.build(head, 16, 4, s=16.0)
+    cfg = TrainConfig(
+        batch_size=8, iterations=iterations, lr=lr, checkpoint_every=2, log_every=1, device="cpu", **train_overrides
+    )
+    return TrainJob("tiny", backbone, margin_head, cfg, seed=seed, weight_decay=5e-4, embedding_wd_mult=10.0,
+                    description={"test": "tiny", "iterations": iterations})
+
+
+def weights(path):
+    return checkpoint.load_weights(path)
+
+
+def test_killed_run_resumes_bitwise(tmp_path):
+    data = tiny_dataset()
+    whole = train(make_job(), data, tmp_path / "whole")
+    # the "killed" run stops after step 5; its last checkpoint is step 4; a fresh process resumes from there
+    train(make_job(), data, tmp_path / "killed", stop_after=5)
+    assert (tmp_path / "killed" / "checkpoint.pt").is_file()
+    assert checkpoint.load(tmp_path / "killed" / "checkpoint.pt")["step"] == 4
+    resumed = train(make_job(), data, tmp_path / "killed")
+    a, b = weights(tmp_path / "whole" / "model.pt"), weights(tmp_path / "killed" / "model.pt")
+    for part in ("backbone", "head"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), key
+    assert resumed.final_loss == whole.final_loss
+    assert not (tmp_path / "killed" / "checkpoint.pt").exists()  # finished runs leave no checkpoint behind
+
+
+def test_checkpoint_of_another_job_is_not_resumed(tmp_path):
+    data = tiny_dataset()
+    train(make_job(iterations=8), data, tmp_path / "run", stop_after=4)
+    other = make_job(iterations=6)
+    other.description = {"test": "other"}
+    result = train(other, data, tmp_path / "run")
+    assert result.steps == 6
+
+
+def test_divergence_is_recorded_not_raised(tmp_path):
+    job = make_job(iterations=6, lr=1e30)  # an absurd learning rate blows the weights up within a step or two
+    result = train(job, tiny_dataset(), tmp_path / "run")
+    assert result.diverged_at_step is not None and result.diverged_at_step < 6
+    assert math.isfinite(result.last_finite.get("loss", 0.0))
+    meta = weights(tmp_path / "run" / "model.pt")["meta"]
+    assert meta["diverged_at_step"] == result.diverged_at_step
+
+
+def test_weight_decay_multiplier_reaches_the_embedding_layers():
+    backbone = models.build("mobilefacenet", embedding_size=16, input_size=SIZE)
+    groups = parameter_groups(backbone, backbone.embedding_layers(), [], 5e-4, 10.0)
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["embedding"]["weight_decay"] == pytest.approx(5e-3)
+    counted = sum(p.numel() for g in groups for p in g["params"])
+    assert counted == sum(p.numel() for p in backbone.parameters())
+
+
+def test_paper_schedule():
+    milestones = [0.6, 26 / 30, 29 / 30]
+    assert step_lr_factor(17999, 30000, milestones, 0.1) == 1.0
+    assert step_lr_factor(18000, 30000, milestones, 0.1) == pytest.approx(0.1)
+    assert step_lr_factor(26000, 30000, milestones, 0.1) == pytest.approx(0.01)
+    assert step_lr_factor(29999, 30000, milestones, 0.1) == pytest.approx(0.001)
+    assert step_lr_factor(0, 100, milestones, 0.1, warmup=10) == pytest.approx(0.1)
+
+
+def test_sampler_resumes_mid_epoch():
+    full = list(StepBatchSampler(20, 4, seed=1, start_step=0, total_steps=12))
+    tail = list(StepBatchSampler(20, 4, seed=1, start_step=7, total_steps=12))
+    assert full[7:] == tail
+    assert sorted(i for batch in full[:5] for i in batch) == list(range(20))  # one epoch covers every item once
+
+
+def test_distillation_loss_matches_its_formula():
+    s, t = torch.randn(5, 8), torch.randn(5, 8)
+    expected = ((s / s.norm(dim=1, keepdim=True) - t / t.norm(dim=1, keepdim=True)) ** 2).sum(1).mean()
+    assert distillation_loss(s, t) == pytest.approx(float(expected), rel=1e-5)
+    assert float(distillation_loss(s, 3 * s)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distillation_run_trains_with_a_frozen_teacher(tmp_path):
+    torch.manual_seed(0)
+    teacher = models.build("mobilefacenet", embedding_size=24, input_size=SIZE).eval()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    job = make_job(iterations=4)
+    job.teacher, job.distill_weight = teacher, 1.0
+    result = train(job, tiny_dataset(), tmp_path / "run")
+    assert math.isfinite(result.final_loss)
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())

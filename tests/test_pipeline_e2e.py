@@ -1,0 +1,85 @@
+"""End to end: `dvc repro` of the smoke profile in a temporary copy of the repository, then the promises of
+dvc.yaml: a second run does nothing, and changing one row's margin reruns that row and the report only."""
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def run(cmd, cwd, env):
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout + result.stderr
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("facerepro")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    untracked = subprocess.run(
+        ["git", "ls-files", "-z", "--others", "--exclude-standard"], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    for name in filter(None, (tracked.stdout + untracked.stdout).split("\0")):
+        source = PROJECT_ROOT / name
+        if source.is_file() and not name.startswith(("reports/", "data/")):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["profile"] = "smoke"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(root)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        run(cmd, root, env)
+    first = run([sys.executable, "-m", "dvc", "repro"], root, env)
+    return root, env, params, first
+
+
+def test_repro_writes_every_row(project):
+    root, env, params, first = project
+    table3 = (root / "reports" / "table3.md").read_text()
+    for name, row in params["rows"].items():
+        if "table3" in row["tables"]:
+            assert row["label"] in table3, name
+    assert "N-Softmax" in table3
+    assert "n/a" not in table3.split("Paired comparisons")[0] or "diverged" in table3
+    for name in ("table2", "distill", "cleaning"):
+        assert (root / "reports" / f"{name}.md").is_file()
+    assert (root / "reports" / "figures" / "curves.png").stat().st_size > 1000
+
+
+def test_mlflow_holds_a_run_per_model(project):
+    root, env, params, first = project
+    with sqlite3.connect(root / "mlflow.db") as db:
+        names = {r[0] for r in db.execute("select value from tags where key = 'row'")}
+        experiments = {r[0] for r in db.execute("select name from experiments")}
+    assert set(params["rows"]) | {"pretrain", "teacher", "student"} <= names
+    assert {"table3", "table2"} <= experiments
+
+
+def test_second_repro_does_nothing(project):
+    root, env, params, first = project
+    again = run([sys.executable, "-m", "dvc", "repro"], root, env)
+    assert stages_run(again) == set(), again
+
+
+def test_changing_one_margin_reruns_that_row_only(project):
+    root, env, params, first = project
+    params["rows"]["cosface"]["margins"]["m"] = 0.3
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    again = run([sys.executable, "-m", "dvc", "repro"], root, env)
+    assert stages_run(again) == {"train@cosface", "evaluate@cosface", "report"}, again
