@@ -32,7 +32,9 @@ def build_backbone(recipe: Recipe, crop_size: int) -> nn.Module:
 
 
 def build_head(recipe: Recipe, num_classes: int, scale: float) -> nn.Module:
-    return heads.build(recipe.head, recipe.embedding_size, num_classes, **{"s": scale, **recipe.margins})
+    # heads with their own scale (AdaCos adapts s, CircleLoss calls it gamma) take no `s`
+    scale_arg = {"s": scale} if "s" in heads.margin_names(recipe.head) else {}
+    return heads.build(recipe.head, recipe.embedding_size, num_classes, **{**scale_arg, **recipe.margins})
 
 
 def load_backbone(
@@ -86,7 +88,9 @@ def make_curve_fn(cfg: Config, paths: Paths, device: torch.device):
     def curve(backbone: nn.Module) -> dict[str, float]:
         result = {}
         for name, (images, a, b, same) in benchmarks.items():
-            embeddings = extract_embeddings(backbone, images, cfg.evaluate.batch_size, device, flip=False)
+            embeddings = extract_embeddings(
+                backbone, images, cfg.evaluate.batch_size, device, flip=False, channels_last=cfg.train.channels_last
+            )
             mean, _ = verification_accuracy(cosine_scores(embeddings[a], embeddings[b]), same, folds=cfg.evaluate.folds)
             result[f"curve_{name}"] = mean
         return result

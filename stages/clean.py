@@ -37,7 +37,10 @@ def run(cfg: Config, paths: Paths) -> dict:
             backbone, _ = load_backbone(cfg, paths, BOOTSTRAP, seed)
         model_hash = file_digest(model_path)
         images = np.stack([decode_image(r.image, f"{train_dir} {r.source}") for r in iter_records(train_dir)])
-        embeddings = extract_embeddings(backbone, images, cfg.evaluate.batch_size, resolve_device(cfg.train.device))
+        device = resolve_device(cfg.train.device)
+        embeddings = extract_embeddings(
+            backbone, images, cfg.evaluate.batch_size, device, channels_last=cfg.train.channels_last
+        )
         distances = 1.0 - clean.centre_cosines(embeddings, labels)
         limits = clean.distance_limits(distances, labels, cfg.clean.method, cfg.clean.threshold)
     kept = clean.keep_mask(distances, labels, limits, cfg.clean.min_images)

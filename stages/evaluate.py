@@ -33,7 +33,10 @@ def run(cfg: Config, paths: Paths, model: str) -> dict:
         entry: dict = {"diverged_at_step": meta.get("diverged_at_step"), "train": train_info, "benchmarks": {}}
         if meta.get("diverged_at_step") is None:
             for name, (images, pairs) in benchmarks.items():
-                result = evaluate_pairs(backbone, images, pairs, device=device, batch_size=cfg.evaluate.batch_size)
+                result = evaluate_pairs(
+                    backbone, images, pairs, device=device, batch_size=cfg.evaluate.batch_size, fars=cfg.evaluate.fars,
+                    channels_last=cfg.train.channels_last,
+                )
                 entry["benchmarks"][name] = result.to_metrics()
                 per_pair.append(
                     pd.DataFrame(
