@@ -115,15 +115,24 @@ def markdown(frame: pd.DataFrame, benchmarks: list[str], seeds: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def comparisons_markdown(frame: pd.DataFrame, labels: dict[str, str], alpha: float) -> str:
-    lines = [
-        "| A | B | benchmark | A − B (points) | pairs only A right | only B right | p (McNemar) | p (Holm) | real at α |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for _, r in frame.iterrows():
-        verdict = "yes" if r["p_holm"] < alpha else "no"
-        lines.append(
-            f"| {labels[r['a']]} | {labels[r['b']]} | {r['benchmark']} | {r['delta']:+.2f} | {r['a_only']} | "
-            f"{r['b_only']} | {r['p']:.3g} | {r['p_holm']:.3g} | {verdict} |"
-        )
+def comparisons_markdown(frame: pd.DataFrame, labels: dict[str, str], benchmarks: list[str], alpha: float) -> str:
+    """One line per comparison: A − B in points per benchmark with the Holm-adjusted p; * where real at alpha."""
+    lines = ["| A | B | " + " | ".join(benchmarks) + " |", "|---|---|" + "---|" * len(benchmarks)]
+    for (a, b), group in frame.groupby(["a", "b"], sort=False):
+        cells = []
+        for bench in benchmarks:
+            found = group[group["benchmark"] == bench]
+            if found.empty:
+                cells.append("")
+                continue
+            r = found.iloc[0]
+            mark = " *" if r["p_holm"] < alpha else ""
+            cells.append(f"{r['delta']:+.2f} (p={r['p_holm']:.2g}){mark}")
+        lines.append(f"| {labels[a]} | {labels[b]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def order_benchmarks(names: list[str]) -> list[str]:
+    """LFW-like first, then CFP-FP-like, then AgeDB-like (the paper's column order), then anything else."""
+    rank = {key: i for i, key in enumerate(PAPER_COLUMNS)}
+    return sorted(names, key=lambda name: (rank.get(paper_key(name), len(rank)), name))

@@ -29,7 +29,9 @@ def run(cfg: Config, paths: Paths) -> None:
     names = trained_models(cfg)
     reports = {n: json.loads(paths.metrics("eval", n).read_text()) for n in names}
     per_pair = {n: pd.read_parquet(paths.eval_dir(n) / "pairs.parquet") for n in names}
-    benchmarks = sorted({b for r in reports.values() for e in r["seeds"].values() for b in e["benchmarks"]})
+    benchmarks = report.order_benchmarks(
+        sorted({b for r in reports.values() for e in r["seeds"].values() for b in e["benchmarks"]})
+    )
     metric = "accuracy_flip" if cfg.evaluate.flip else "accuracy"
     labels = {n: all_recipes[n].label for n in names}
 
@@ -50,6 +52,9 @@ def run(cfg: Config, paths: Paths) -> None:
         tests = report.comparisons(pairs, per_pair, benchmarks)
         text = _document(cfg, table_name, frame, tests, benchmarks, labels, metric, paths)
         write_text_atomic(paths.reports / f"{table_name}.md", text)
+        if len(tests):
+            with atomic_path(paths.reports / f"{table_name}_tests.csv") as staged:
+                tests.to_csv(staged, index=False)
         with atomic_path(paths.reports / f"{table_name}.csv") as staged:
             frame.drop(columns=[c for c in frame.columns if c.endswith(" text")]).to_csv(staged, index=False)
     _curves(cfg, paths, names, labels)
@@ -80,20 +85,26 @@ def _document(cfg, table_name, frame, tests, benchmarks, labels, metric, paths) 
     ]
     if len(tests):
         lines += [
-            f"Paired comparisons on the same pairs (McNemar's exact test, pooled over seeds; Holm-adjusted over the "
-            f"{len(tests)} tests of this table; α = {cfg.evaluate.alpha}):",
+            f"Which differences are real: A − B in accuracy points on the same pairs, McNemar's exact test (pooled over "
+            f"seeds), p Holm-adjusted over the {len(tests)} tests of this table; * marks p < {cfg.evaluate.alpha}. "
+            "Each row's per-pair tallies are in the CSV beside this file.",
             "",
-            report.comparisons_markdown(tests, labels, cfg.evaluate.alpha),
+            report.comparisons_markdown(tests, labels, benchmarks, cfg.evaluate.alpha),
         ]
     if table_name == "cleaning":
         clean = json.loads((paths.reports / "cleaning.json").read_text())
         lines += [
             f"Cleaning ({clean['method']}, threshold {clean['threshold']}): kept {clean['kept']} of {clean['images']} images; "
-            f"dropped {clean['dropped']}, of which noisy: precision {clean['precision']:.3f}, recall {clean['recall']:.3f} "
+            f"dropped {clean['dropped']}, of which noisy: precision {_number(clean['precision'])}, "
+            f"recall {_number(clean['recall'])} "
             f"against the generator's label-noise ground truth ({clean['noisy']} noisy images).",
             "",
         ]
     return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"  # null in JSON: nothing dropped, or no noise to find
 
 
 def _curves(cfg: Config, paths: Paths, names: list[str], labels: dict[str, str]) -> None:
