@@ -1,0 +1,70 @@
+"""Stage entry points: bad input gets an error naming the parameter, file or record, and leaves no half output."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import config
+from pipeline.data.images import encode_png
+from pipeline.data.records import FaceRecord, write_records
+from pipeline.paths import Paths
+from stages import align, synthesize
+
+
+@pytest.fixture()
+def smoke_params(tmp_path):
+    raw = yaml.safe_load((config.PROJECT_ROOT / "params.yaml").read_text())
+    raw["profile"] = "smoke"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path, raw
+
+
+def test_bad_synthetic_parameter_names_it_and_writes_nothing(tmp_path, smoke_params):
+    path, raw = smoke_params
+    raw["profiles"]["smoke"]["data"]["synthetic"]["train_identitiez"] = 3
+    path.write_text(yaml.safe_dump(raw))
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.synthesize", "--params", str(path)],
+        capture_output=True, text=True, cwd=config.PROJECT_ROOT,
+    )
+    assert result.returncode == 1
+    assert "train_identitiez" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "data" / "raw").exists()
+
+
+def test_corrupt_image_names_the_record_and_leaves_no_aligned_data(tmp_path, smoke_params):
+    path, _ = smoke_params
+    paths = Paths(tmp_path)
+    good = encode_png(np.zeros((40, 40, 3), np.uint8))
+    landmarks = np.array([[14, 16], [26, 16], [20, 22], [15, 28], [25, 28]], np.float32)
+    records = [FaceRecord(good, 0, landmarks, "ok.png"), FaceRecord(good[: len(good) // 2], 0, landmarks, "broken.png")]
+    write_records(paths.raw / "train", records)
+    with pytest.raises(ValueError, match="broken.png"):
+        align.run(config.load(path), paths)
+    assert not paths.aligned.exists()
+
+
+def test_skip_corrupt_counts_instead_of_failing(tmp_path, smoke_params):
+    path, raw = smoke_params
+    raw["data"]["skip_corrupt"] = True
+    path.write_text(yaml.safe_dump(raw))
+    paths = Paths(tmp_path)
+    good = encode_png(np.zeros((40, 40, 3), np.uint8))
+    landmarks = np.array([[14, 16], [26, 16], [20, 22], [15, 28], [25, 28]], np.float32)
+    write_records(paths.raw / "train", [FaceRecord(good, 0, landmarks, "ok.png"), FaceRecord(b"junk", 0, landmarks, "bad.png")])
+    summary = align.run(config.load(path), paths)
+    assert summary["train_images"] == 1 and summary["skipped"] == 1 and "bad.png" in summary["skipped_detail"][0]
+
+
+def test_synthesize_is_deterministic(tmp_path, smoke_params):
+    path, _ = smoke_params
+    cfg = config.load(path)
+    first, second = Paths(tmp_path / "a"), Paths(tmp_path / "b")
+    synthesize.run(cfg, first)
+    synthesize.run(cfg, second)
+    for part in sorted((first.raw).rglob("*.parquet")):
+        twin = second.raw / part.relative_to(first.raw)
+        assert part.read_bytes() == twin.read_bytes(), part
