@@ -11,6 +11,7 @@ same seed and worker count; the worker count changes which worker, hence which s
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,7 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 from pipeline.data.images import CorruptImageError, decode_image, decode_stack
 from pipeline.data.records import read_benchmark, shard_paths
@@ -31,11 +34,15 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 def eval_transform() -> v2.Compose:
     """uint8 CxHxW -> float32 (x/255 - 0.5)/0.5 = (x - 127.5)/127.5 in [-1, 1], the project's pixel normalisation
     (ArcFace's input setting, arcface-notes-zh.md §3 "Input setting", uses (x - 127.5)/128)."""
+    from torchvision.transforms import v2  # here, not at the top: torchvision costs ~2.5 s at every stage start
+
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=[0.5] * 3, std=[0.5] * 3)])
 
 
 def train_transform(flip: bool = True) -> v2.Compose:
     """Random horizontal flip (p = 0.5) when `flip`, then `eval_transform`'s normalisation."""
+    from torchvision.transforms import v2
+
     return v2.Compose([*([v2.RandomHorizontalFlip(p=0.5)] if flip else []), eval_transform()])
 
 

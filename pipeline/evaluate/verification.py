@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from sklearn.metrics import roc_curve
 
 INSIGHTFACE_THRESHOLDS = np.arange(0.0, 4.0, 0.01)  # the 0.01 grid over [0, 4) of squared L2 distances
 
@@ -125,6 +124,7 @@ def tar_at_far(
     Because TPR never decreases along the ROC, this is the best TAR whose FAR does not exceed `far`.
     Where there are fewer than 1/far different pairs, no FAR step is that fine, and the value is NaN.
     """
+    from sklearn.metrics import roc_curve  # here, not at the top: sklearn costs ~2 s at every stage start
     s = _as_scores(scores)
     y = _as_labels(issame, s.size)
     n_same = int(y.sum())
