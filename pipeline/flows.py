@@ -1,0 +1,472 @@
+"""Prefect flows `reproduce-table3` and `reproduce-table2`: every DVC stage is a task that runs
+`dvc repro --single-item <stage>`, so DVC's lock file and cache decide what reruns and the stage code is the
+one `dvc repro` runs; independent stages (the table rows) run concurrently, up to `workers` at a time.
+
+Concurrency: DVC holds its repository lock only while it checks and records a stage, and releases it while the
+stage's command runs (DVC's documented "parallel stage execution"); `dvc --wait-for-lock` makes a second
+process wait for that lock instead of failing, so several `dvc repro --single-item train@<row>` in one
+workspace train at the same time and record their results one after the other.
+
+    python -m pipeline.flows serve              # deployments reproduce-table3/cpu and reproduce-table2/cpu
+    python -m pipeline.flows deploy --pool gpu  # the same flows deployed to a work pool, from this directory
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prefect import flow, get_run_logger, serve, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from pipeline import config
+from pipeline import report as tables
+from pipeline.config import PROJECT_ROOT, Config
+from pipeline.paths import Paths
+from pipeline.recipes import recipes
+from pipeline.tracking import tracking_uri
+
+DEPLOYMENT = "cpu"  # `prefect deployment run 'reproduce-table3/cpu'`: Prefect only accepts FLOW/DEPLOYMENT
+MAX_WORKERS = 32
+MLFLOW_UI = "http://127.0.0.1:5000"
+# Failures worth a retry: lock contention and a process killed from outside (the OOM killer's SIGKILL).
+# A stage's own error (bad params, a missing file) would only repeat, so it fails at once.
+TRANSIENT_MARKERS = ("Unable to acquire lock", "is being blocked by", "database is locked", "exited with -9")
+_OWN_ERROR = re.compile(r"^stage \S+ failed: ")
+
+F = TypeVar("F", bound=Hashable)
+
+
+# --- the pipeline as DVC sees it -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # DVC's address: synthesize, train@cosface, evaluate_models@pretrain, ...
+    needs: frozenset[str]  # the stages whose outputs it reads
+    outs: tuple[str, ...]  # project-relative paths it writes
+
+
+def read_pipeline(root: Path) -> dict[str, Stage]:
+    """DVC's own stage graph of `root`/dvc.yaml, in dvc.yaml order (read only: no lock is taken)."""
+    from dvc.repo import Repo
+
+    def address(node: Any) -> str:  # as `dvc repro` takes it from the project root
+        where = Path(node.dvcfile.path).resolve().relative_to(root.resolve()).as_posix()
+        return node.name if where == "dvc.yaml" else f"{where}:{node.name}"
+
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph  # an edge runs from a stage to a stage it depends on
+        return {
+            address(node): Stage(
+                address(node),
+                frozenset(address(dep) for dep in graph.successors(node)),
+                tuple(out.def_path for out in node.outs),
+            )
+            for node in graph.nodes
+        }
+
+
+def producer(pipeline: Mapping[str, Stage], path: str) -> str:
+    """The stage that writes `path` (project-relative)."""
+    for stage in pipeline.values():
+        if path in stage.outs:
+            return stage.name
+    raise KeyError(f"dvc.yaml: no stage writes {path}")
+
+
+def model_stages(pipeline: Mapping[str, Stage], paths: Paths, model: str) -> tuple[str, str]:
+    """The stages that train and evaluate `model` (e.g. train@cosface and evaluate@cosface, or pretrain and
+    evaluate_models@pretrain), found by the files they write so dvc.yaml stays the one place that says it."""
+    weights = paths.model_dir(model).relative_to(paths.root).as_posix()
+    metrics = paths.metrics("eval", model).relative_to(paths.root).as_posix()
+    return producer(pipeline, weights), producer(pipeline, metrics)
+
+
+def plan(pipeline: Mapping[str, Stage], targets: Sequence[str]) -> list[str]:
+    """The targets and every stage they need, upstream first; targets keep their order, so giving them row by
+    row makes each row's evaluation come right after its training."""
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if name in trail:
+            raise ValueError(f"dvc.yaml: stages depend on each other in a cycle: {' -> '.join(trail + (name,))}")
+        if name in seen:
+            return
+        if name not in pipeline:
+            raise KeyError(f"dvc.yaml has no stage {name!r}")
+        for dep in (s for s in pipeline if s in pipeline[name].needs):  # dvc.yaml order, for a stable plan
+            visit(dep, trail + (name,))
+        seen.add(name)
+        order.append(name)
+
+    for target in targets:
+        visit(target, ())
+    return order
+
+
+# --- what a flow run is asked to do ----------------------------------------------------------------------------
+
+
+def check_request(cfg: Config, params_file: Path, profile: str | None, seeds: Sequence[int] | None) -> None:
+    """Refuse a profile or seeds other than params.yaml's: DVC records params.yaml as the parameters of every
+    stage, so the flow never edits it behind the user's back; the message says how to switch."""
+    if profile is not None and profile != cfg.profile:
+        raise ValueError(
+            f"profile {profile!r} was requested but {params_file} selects profile {cfg.profile!r}; the flow does "
+            f"not edit params.yaml: set `profile: {profile}` there (and commit it), then run the deployment again"
+        )
+    if seeds is not None and list(seeds) != list(cfg.seeds):
+        raise ValueError(
+            f"seeds {list(seeds)} were requested but profile {cfg.profile!r} of {params_file} has seeds "
+            f"{list(cfg.seeds)}; the flow does not edit params.yaml: set `seeds` there (profiles.{cfg.profile}.seeds "
+            "overrides the top-level one), then run the deployment again"
+        )
+
+
+def select_rows(cfg: Config, table: str, rows: Sequence[str] | None) -> list[str]:
+    """The models of `table` to run: all of them (params order) or the requested subset, checked."""
+    members = [name for name, recipe in recipes(cfg).items() if table in recipe.tables]
+    if not members:
+        raise ValueError(f"params: no row has {table!r} in its tables")
+    if rows is None:
+        return members
+    if not rows:
+        raise ValueError("rows is empty: leave it out to run every row of the table")
+    for name in rows:
+        if name not in members:
+            known = recipes(cfg).get(name)
+            where = f"its tables are {list(known.tables)}" if known else "it is not a row of params.yaml"
+            raise ValueError(f"row {name!r} is not a row of {table} ({where}); rows of {table}: {', '.join(members)}")
+    return list(dict.fromkeys(rows))
+
+
+def stage_threads(workers: int, cpus: int | None) -> int:
+    """CPU threads for each of `workers` concurrent stages, so together they do not oversubscribe the cores."""
+    return max(1, (cpus or 1) // workers)
+
+
+def stage_env(base: Mapping[str, str], threads: int) -> dict[str, str]:
+    """The environment of a `dvc repro`: this interpreter's `python` first on PATH (dvc.yaml calls `python`,
+    and a served flow may start from a shell without the venv), and a thread budget unless the user set one."""
+    env = dict(base)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")])
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, str(threads))
+    return env
+
+
+# --- running the stages ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    done: list[str]
+    failed: list[str]
+    skipped: list[str]  # not run because a stage they need failed
+
+
+def schedule(
+    order: Sequence[str],
+    needs: Mapping[str, frozenset[str]],
+    start: Callable[[str], F],
+    first_done: Callable[[list[F]], F],
+    succeeded: Callable[[F], bool],
+    workers: int,
+) -> Outcome:
+    """Run the stages of `order` (upstream first) with at most `workers` at once, each as soon as what it needs
+    is done; a failure skips what depends on it while independent stages go on (like `dvc repro --keep-going`)."""
+    planned = set(order)
+    pending = list(order)
+    running: dict[F, str] = {}
+    done: list[str] = []
+    failed: list[str] = []
+    skipped: list[str] = []
+    while pending or running:
+        for name in list(pending):  # upstream first, so one pass also skips what a skipped stage feeds
+            if needs[name] & planned & {*failed, *skipped}:
+                pending.remove(name)
+                skipped.append(name)
+        ready = [name for name in pending if (needs[name] & planned) <= set(done)]
+        for name in ready[: workers - len(running)]:
+            pending.remove(name)
+            running[start(name)] = name
+        if not running:
+            break
+        finished = first_done(list(running))
+        (done if succeeded(finished) else failed).append(running.pop(finished))
+    return Outcome(done, failed, skipped)
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, returncode: int, output: str) -> None:
+        self.stage = stage
+        self.returncode = returncode
+        self.transient = is_transient(returncode, output)
+        super().__init__(stage_error(stage, returncode, output))
+
+
+def is_transient(returncode: int, output: str) -> bool:
+    """Whether a failed `dvc repro` is worth a retry (see TRANSIENT_MARKERS); a signal killed dvc itself too."""
+    return returncode < 0 or any(marker in output for marker in TRANSIENT_MARKERS)
+
+
+def stage_error(stage: str, returncode: int, output: str) -> str:
+    """The stage's own error (from its `stage <name> failed:` line on) and DVC's verdict; else the output's tail."""
+    lines = output.rstrip().splitlines()
+    verdict = [line for line in lines if line.startswith("ERROR:")][-1:]
+    own = next((i for i, line in enumerate(lines) if _OWN_ERROR.match(line)), None)
+    if own is not None:
+        body = [line for line in lines[own:] if not line.startswith("ERROR:")]
+    else:
+        body = [line for line in lines if not line.startswith("ERROR:")][-30:]
+    return "\n".join([f"dvc repro {stage} failed (exit {returncode}):", *body, *verdict])
+
+
+def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, StageFailed) and error.transient
+
+
+@dataclass(frozen=True)
+class RowArtifact:
+    table: str
+    model: str
+    mlflow_ui: str
+
+
+@task(
+    name="dvc-stage",
+    task_run_name="{stage}",
+    cache_policy=NO_CACHE,  # DVC decides what reruns, never Prefect's cache
+    retry_delay_seconds=10,
+    retry_condition_fn=_retry_if_transient,
+)
+def run_stage(stage: str, root: str, threads: int, row: RowArtifact | None = None) -> str:
+    """`dvc --wait-for-lock repro --single-item <stage>`, its output in the task's log; what DVC did with it."""
+    logger = get_run_logger()
+    command = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "--single-item", stage]
+    tail: deque[str] = deque(maxlen=400)  # enough for the stage's own error and DVC's verdict
+    status = "up to date"
+    said = {f"Running stage '{stage}'": "ran", f"Stage '{stage}' is cached": "restored from DVC's run cache"}
+    with subprocess.Popen(
+        command, cwd=root, env=stage_env(os.environ, threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, bufsize=1,
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            logger.info(line.rstrip())
+            status = next((v for k, v in said.items() if line.startswith(k)), status)
+            tail.append(line)
+    if process.returncode != 0:
+        raise StageFailed(stage, process.returncode, "".join(tail))
+    if row is not None:
+        publish_row(Path(root), row)
+    return status
+
+
+# --- artifacts -------------------------------------------------------------------------------------------------
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) from names such as table3, li_arcface_m040."""
+    key = re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
+    if not key:
+        raise ValueError(f"no artifact key can be made from {parts}")
+    return key
+
+
+def mlflow_run_url(ui: str, experiment_id: str, run_id: str) -> str:
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def mlflow_links(cfg: Config, paths: Paths, model: str, ui: str) -> list[str]:
+    """A Markdown link to the MLflow run of each seed, from the run id the training stage wrote."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.runs import seed_dir  # here, not at the top: it loads torch and the models, which serving does not need
+
+    client = MlflowClient(tracking_uri=tracking_uri(cfg.tracking, paths.root))
+    links = []
+    for seed in cfg.seeds:
+        run_file = seed_dir(paths, model, seed) / "mlflow_run.json"
+        if not run_file.is_file():
+            links.append(f"seed {seed}: no MLflow run ({run_file.relative_to(paths.root)} is missing)")
+            continue
+        run_id = json.loads(run_file.read_text())["run_id"]
+        experiment_id = client.get_run(run_id).info.experiment_id
+        links.append(f"[seed {seed}: MLflow run {run_id}]({mlflow_run_url(ui, experiment_id, run_id)})")
+    return links
+
+
+def row_markdown(cfg: Config, table: str, model: str, evaluation: dict, links: Sequence[str]) -> str:
+    """One row of the table (the report's own formatting) with its MLflow runs."""
+    metric = "accuracy_flip" if evaluation["flip"] else "accuracy"
+    benchmarks = sorted({b for entry in evaluation["seeds"].values() for b in entry["benchmarks"]})
+    frame = tables.table([model], recipes(cfg), {model: evaluation}, benchmarks, metric)
+    return "\n".join(
+        [
+            f"# {table}: {evaluation['label']}",
+            "",
+            f"Row `{model}`, profile `{cfg.profile}`, {metric.replace('_', ' ')} (%), seeds {list(cfg.seeds)}.",
+            "",
+            tables.markdown(frame, benchmarks, len(cfg.seeds)),
+            "MLflow: " + "; ".join(links),
+        ]
+    )
+
+
+def publish_row(root: Path, row: RowArtifact) -> None:
+    paths = Paths(root)
+    cfg = config.load(root / "params.yaml")
+    evaluation = json.loads(paths.metrics("eval", row.model).read_text())
+    links = mlflow_links(cfg, paths, row.model, row.mlflow_ui) if cfg.tracking.enabled else ["tracking is off"]
+    create_markdown_artifact(
+        markdown=row_markdown(cfg, row.table, row.model, evaluation, links),
+        key=artifact_key(row.table, row.model),
+        description=f"{row.table} row {row.model}: verification accuracy and its MLflow runs",
+    )
+
+
+# --- the flows -------------------------------------------------------------------------------------------------
+
+
+class PipelineFailed(RuntimeError):
+    pass
+
+
+def _completed(future: Any) -> bool:
+    future.wait()  # records the final state; before that `state` asks the API, which may lag behind
+    return future.state.is_completed()
+
+
+def reproduce(
+    table: str,
+    profile: str | None,
+    rows: Sequence[str] | None,
+    seeds: Sequence[int] | None,
+    workers: int,
+    retries: int,
+    write_report: bool,
+    mlflow_ui: str,
+    root: Path = PROJECT_ROOT,
+) -> dict[str, str]:
+    """What both flows do: check the request, plan the stages from DVC's graph, run them, publish the results."""
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"workers must be in 1..{MAX_WORKERS}, got {workers}")
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
+    logger = get_run_logger()
+    params_file = root / "params.yaml"
+    cfg = config.load(params_file)
+    check_request(cfg, params_file, profile, seeds)
+    models = select_rows(cfg, table, rows)
+    pipeline = read_pipeline(root)
+    paths = Paths(root)
+    per_model = {model: model_stages(pipeline, paths, model) for model in models}
+    targets = [stage for model in models for stage in per_model[model]]
+    table_stage = producer(pipeline, f"reports/{table}.md")
+    if write_report and rows is None:
+        order = plan(pipeline, [*targets, table_stage])  # the whole table: everything the report reads
+    else:
+        order = plan(pipeline, targets) + ([table_stage] if write_report else [])  # a subset: others stay as they are
+    artifacts = {per_model[m][1]: RowArtifact(table, m, mlflow_ui) for m in models}
+    logger.info("profile %s, %d stage(s), %d at a time: %s", cfg.profile, len(order), workers, ", ".join(order))
+
+    stage_task = run_stage.with_options(retries=retries)
+    threads = stage_threads(workers, os.cpu_count())
+    futures: dict[str, Any] = {}
+
+    def start(name: str) -> Any:
+        futures[name] = stage_task.submit(name, str(root), threads, artifacts.get(name))
+        return futures[name]
+
+    outcome = schedule(
+        order,
+        {name: pipeline[name].needs for name in order},
+        start,
+        lambda running: next(as_completed(running)),
+        _completed,
+        workers,
+    )
+    if outcome.failed:
+        errors = [str(futures[name].result(raise_on_failure=False)) for name in outcome.failed]
+        skipped = f"\nnot run (they need a failed stage): {', '.join(outcome.skipped)}" if outcome.skipped else ""
+        raise PipelineFailed("\n\n".join(errors) + skipped)
+    if write_report:
+        create_markdown_artifact(
+            markdown=(paths.reports / f"{table}.md").read_text(encoding="utf-8"),
+            key=artifact_key(table),
+            description=f"{table} as the report stage wrote it (reports/{table}.md)",
+        )
+    return {name: futures[name].result() for name in order}
+
+
+@flow(name="reproduce-table3", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS))
+def reproduce_table3(
+    profile: str | None = None,
+    rows: list[str] | None = None,
+    seeds: list[int] | None = None,
+    workers: int = 2,
+    retries: int = 2,
+    report: bool = True,
+    mlflow_ui: str = MLFLOW_UI,
+) -> dict[str, str]:
+    """Table 3 of the AirFace paper (the loss functions) through the DVC pipeline of this repository.
+
+    profile / seeds: must match params.yaml (None: whatever it says); rows: a subset of the table's rows
+    (None: every row, and everything the report reads); workers: stages run at once; retries: per stage, on
+    transient failures only; report: run the report stage at the end; mlflow_ui: base URL of the row links.
+    """
+    return reproduce("table3", profile, rows, seeds, workers, retries, report, mlflow_ui)
+
+
+@flow(name="reproduce-table2", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS))
+def reproduce_table2(
+    profile: str | None = None,
+    rows: list[str] | None = None,
+    seeds: list[int] | None = None,
+    workers: int = 2,
+    retries: int = 2,
+    report: bool = True,
+    mlflow_ui: str = MLFLOW_UI,
+) -> dict[str, str]:
+    """Table 2 of the AirFace paper (weight decay) through the DVC pipeline; parameters as reproduce-table3."""
+    return reproduce("table2", profile, rows, seeds, workers, retries, report, mlflow_ui)
+
+
+FLOWS = {"table3": reproduce_table3, "table2": reproduce_table2}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.flows", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help=f"serve reproduce-table3/{DEPLOYMENT} and reproduce-table2/{DEPLOYMENT} here")
+    deploy = commands.add_parser("deploy", help="deploy both flows from this directory to a work pool")
+    deploy.add_argument("--pool", required=True, help="the work pool (e.g. one made by `prefect work-pool create`)")
+    deploy.add_argument("--name", default="pool", help="deployment name (default: pool)")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        # one flow run at a time: two runs in one workspace would only wait for each other's DVC locks
+        serve(*(f.to_deployment(name=DEPLOYMENT) for f in FLOWS.values()), limit=1)
+    else:
+        for name, chosen in FLOWS.items():
+            chosen.from_source(source=str(PROJECT_ROOT), entrypoint=f"pipeline/flows.py:reproduce_{name}").deploy(
+                name=args.name, work_pool_name=args.pool
+            )
+
+
+if __name__ == "__main__":
+    main()
