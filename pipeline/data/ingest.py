@@ -23,11 +23,7 @@ def prepare_raw(data: DataConfig, raw_dir: Path) -> dict:
 
 def _write_source(data: DataConfig, out: Path) -> dict:
     if data.source == "synthetic":
-        try:
-            spec = SyntheticSpec(**data.synthetic)
-        except TypeError as error:
-            raise ValueError(f"data.synthetic: {error}") from None
-        return generate(spec, out)
+        return generate(SyntheticSpec.from_dict(data.synthetic), out)
     if data.source == "insightface":
         if not data.insightface_prefix:
             raise ValueError("data.insightface_prefix must name the RecordIO prefix (path without .rec/.idx)")
