@@ -18,16 +18,31 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    source: Literal["synthetic", "insightface", "folders"] = "synthetic"
+    source: Literal["synthetic", "insightface", "folders", "lfw"] = "synthetic"
     synthetic: dict[str, Any] = Field(default_factory=dict)  # fields of pipeline.data.synthetic.SyntheticSpec
     insightface_prefix: str | None = None  # e.g. /data/casia/train (train.rec / train.idx / property)
     folders_root: str | None = None
     benchmarks_bin: dict[str, str] = Field(default_factory=dict)  # name -> path of an InsightFace .bin pair set
     skip_corrupt: bool = False  # skip and count corrupt images instead of stopping
+    # folders: a seeded share of the persons is held out as the pair protocol `folders-heldout`
+    folders_heldout: float = Field(0.0, ge=0.0, lt=1.0)  # share of persons held out (0: train on everyone)
+    folders_pairs_per_fold: int = Field(30, ge=1)  # same pairs per fold (as many different pairs)
+    folders_folds: int = Field(10, ge=2)
+    split_seed: int = Field(0, ge=0)
+    # LFW (lfw/labels.csv, pairs_*.csv): source lfw trains on DevTrain, reports DevTest; any other source with
+    # lfw_root set adds View 2 (`lfw-view2`) as an extra benchmark, since it saw no LFW person in training
+    lfw_root: str | None = None
+    lfw_min_images: int = Field(4, ge=1)  # DevTrain persons with at least this many photos are trained on
 
 
 class AlignConfig(Section):
     crop_size: int = Field(112, ge=32)
+    detector: Literal["none", "mtcnn"] = "none"  # landmarks for records without them (real photos)
+    face_selection: Literal["largest", "central"] = "largest"  # which face where a photo shows several
+    detect_max_side: int = Field(1024, ge=48)  # longer photos are downscaled for detection
+    min_face_size: int = Field(20, ge=12)  # MTCNN's smallest face in pixels (larger: faster)
+    fallback_crop: float = Field(1.0, gt=0.0, le=1.0)  # no face in a benchmark image: central square of this share
+    device: str = "auto"  # where the detector runs: auto | cpu | cuda | cuda:N
 
 
 class CleanConfig(Section):
