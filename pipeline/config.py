@@ -80,6 +80,11 @@ class TrainConfig(Section):
     curve_pairs: int = Field(600, ge=10)  # pairs per protocol used for the curves
     checkpoint_every: int = Field(100, ge=1)
     grad_clip: float | None = None
+    compile: bool = False  # torch.compile the backbone (inductor; needs a C++ compiler on CPU)
+    # under torchrun (docs/scale-out.md): class centres split over the ranks, and the share of each rank's
+    # negative centres scored per step (PartialFC-style sampling; 1.0: all)
+    shard_head: bool = False
+    head_sample_fraction: float = Field(1.0, gt=0.0, le=1.0)
 
     @field_validator("lr_milestones")
     @classmethod

@@ -19,7 +19,9 @@ from pipeline.io import write_json_atomic
 from pipeline.paths import Paths
 from pipeline.recipes import PRETRAIN, Recipe, recipes
 from pipeline.tracking import MlflowTracker, NullTracker, Tracker, flatten
-from pipeline.train import checkpoint
+from pipeline.heads.sharded import ShardedMarginHead
+from pipeline.train import checkpoint, distributed
+from pipeline.train.distributed import DistContext
 from pipeline.train.engine import TrainJob, TrainResult, resolve_device, resumable, train
 
 
@@ -35,6 +37,27 @@ def build_head(recipe: Recipe, num_classes: int, scale: float) -> nn.Module:
     # heads with their own scale (AdaCos adapts s, CircleLoss calls it gamma) take no `s`
     scale_arg = {"s": scale} if "s" in heads.margin_names(recipe.head) else {}
     return heads.build(recipe.head, recipe.embedding_size, num_classes, **{**scale_arg, **recipe.margins})
+
+
+def shard_head(cfg: Config, recipe: Recipe, head: nn.Module, ctx: DistContext | None, seed: int) -> nn.Module:
+    """This rank's block of `head`'s centres when `train.shard_head` is set under a launcher; else `head` itself.
+    The block is cut from the single-process head, so every number of ranks starts from the same centres."""
+    if ctx is None or not cfg.train.shard_head:
+        return head
+    scale_arg = {"s": cfg.train.scale} if "s" in heads.margin_names(recipe.head) else {}
+    sharded = ShardedMarginHead(
+        recipe.head,
+        recipe.embedding_size,
+        head.weight.shape[0],
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        seed=seed,
+        sample_fraction=cfg.train.head_sample_fraction,
+        device=head.weight.device,
+        **{**scale_arg, **recipe.margins},
+    )
+    sharded.load_full_weight(head.weight.detach())
+    return sharded
 
 
 def load_backbone(
@@ -122,7 +145,7 @@ def start_tracker(cfg: Config, paths: Paths, recipe: Recipe, seed: int) -> Track
 def train_recipe(cfg: Config, paths: Paths, name: str, seed: int, stop_after: int | None = None) -> TrainResult:
     recipe = recipes(cfg)[name]
     out_dir = seed_dir(paths, name, seed)
-    device = resolve_device(cfg.train.device)
+    ctx, device = distributed.setup(resolve_device(cfg.train.device))
     dataset = FaceDataset(
         paths.train_records(paths.aligned), indices=training_indices(cfg, paths, recipe), skip_corrupt=cfg.data.skip_corrupt
     )
@@ -134,10 +157,13 @@ def train_recipe(cfg: Config, paths: Paths, name: str, seed: int, stop_after: in
         state = checkpoint.load_weights(seed_dir(paths, PRETRAIN, seed) / "model.pt")
         backbone.load_state_dict(state["backbone"])
         head.weight.data.copy_(state["head"]["weight"])  # the N-Softmax class centres start the margin head
+    head = shard_head(cfg, recipe, head, ctx, seed)
     teacher = None
     if recipe.teacher is not None:
         teacher, _ = load_backbone(cfg, paths, recipe.teacher, seed)
     description = recipe.description(seed, cfg.align.crop_size, cfg.train.batch_size, cfg.train.scale)
+    if isinstance(head, ShardedMarginHead) and head.sample_fraction < 1.0:  # sampling changes the trained weights
+        description["head_sample_fraction"] = head.sample_fraction
     job = TrainJob(
         name=name,
         backbone=backbone,
@@ -152,13 +178,15 @@ def train_recipe(cfg: Config, paths: Paths, name: str, seed: int, stop_after: in
     )
     run_file = out_dir / "mlflow_run.json"
     tracker: Tracker
-    if run_file.is_file() and cfg.tracking.enabled and resumable(out_dir, description):  # a resumed run keeps its MLflow run
+    if not distributed.writes(ctx):  # rank 0 alone tracks
+        tracker = NullTracker()
+    elif run_file.is_file() and cfg.tracking.enabled and resumable(out_dir, description):  # a resumed run keeps its MLflow run
         tracker = MlflowTracker.resume(cfg.tracking, json.loads(run_file.read_text())["run_id"], paths.root)
     else:
         tracker = start_tracker(cfg, paths, recipe, seed)
         if tracker.run_id:
             write_json_atomic(run_file, {"run_id": tracker.run_id})
-    curve_fn = make_curve_fn(cfg, paths, device) if cfg.train.curve_every else None
+    curve_fn = make_curve_fn(cfg, paths, device) if cfg.train.curve_every and distributed.writes(ctx) else None
     try:
         result = train(job, dataset, out_dir, tracker=tracker, curve_fn=curve_fn, stop_after=stop_after)
     except BaseException:

@@ -6,11 +6,15 @@ from pipeline.config import Config
 from pipeline.paths import Paths
 from pipeline.recipes import PRETRAIN
 from pipeline.runs import train_recipe
+from pipeline.train import distributed
 
 
 def run(cfg: Config, paths: Paths) -> None:
-    for seed in cfg.seeds:
-        train_recipe(cfg, paths, PRETRAIN, seed)
+    try:
+        for seed in cfg.seeds:
+            train_recipe(cfg, paths, PRETRAIN, seed)
+    finally:  # under torchrun (docs/scale-out.md) the process group that train_recipe joined
+        distributed.shutdown(distributed.context_from_env())
 
 
 def main() -> None:

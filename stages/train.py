@@ -7,12 +7,16 @@ from pipeline import stage
 from pipeline.config import Config
 from pipeline.paths import Paths
 from pipeline.runs import train_recipe
+from pipeline.train import distributed
 
 
 def run(cfg: Config, paths: Paths, row: str) -> None:
     cfg.row(row)  # a clear error for an unknown row
-    for seed in cfg.seeds:
-        train_recipe(cfg, paths, row, seed)
+    try:
+        for seed in cfg.seeds:
+            train_recipe(cfg, paths, row, seed)
+    finally:  # under torchrun (docs/scale-out.md) the process group that train_recipe joined
+        distributed.shutdown(distributed.context_from_env())
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:

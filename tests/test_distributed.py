@@ -8,6 +8,7 @@ batch, for a replicated head (DDP average + head-gradient average) and for a sha
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 from pathlib import Path
@@ -18,9 +19,11 @@ import torch.multiprocessing as mp
 from torch.utils.data import TensorDataset
 
 from pipeline import heads, models
+from pipeline.config import TrainConfig
 from pipeline.heads.sharded import ShardedMarginHead, init_centres
-from pipeline.train import distributed
+from pipeline.train import checkpoint, distributed
 from pipeline.train.distributed import DistContext, RankBatchSampler, context_from_env, rank_flip_mask
+from pipeline.train.engine import TrainJob, train
 from pipeline.train.optim import make_optimizer, parameter_groups
 from pipeline.train.order import StepBatchSampler, flip_mask
 
@@ -257,3 +260,106 @@ def test_launch_variables():
     assert distributed.setup(torch.device("cpu"), environ={}) == (None, torch.device("cpu"))
     assert distributed.writes(None) and distributed.writes(DistContext(0, 2, 0))
     assert not distributed.writes(DistContext(1, 2, 1))
+
+
+# --- the engine under 2 gloo processes ------------------------------------------------------------------------------
+
+
+class NoNormNet(torch.nn.Module):
+    """A backbone without BatchNorm, whose forward is per sample: a batch split over ranks must then train exactly as
+    the whole batch in one process (up to float summation order)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(SEED)
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+        self.linear = torch.nn.Linear(8, EMB)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+    def embedding_layers(self) -> list[torch.nn.Module]:
+        return [self.linear]
+
+
+ENGINE_STEPS = 5  # 2.5 epochs of 40 images in global batches of 16
+
+
+def engine_job(mode: str, ctx: DistContext | None, lr: float = LR) -> TrainJob:
+    """The same job for any number of processes; `mode` sharded splits the centres over the ranks."""
+    if mode == "sharded":
+        head: torch.nn.Module = sharded_head(ctx, SEED)
+        head.load_full_weight(init_centres(CLASSES, EMB, 0, CLASSES, SEED))
+    else:
+        head = heads.build("li_arcface", EMB, CLASSES, s=16.0)
+        with torch.no_grad():
+            head.weight.copy_(init_centres(CLASSES, EMB, 0, CLASSES, SEED))
+    cfg = TrainConfig(
+        batch_size=GLOBAL_BATCH, iterations=ENGINE_STEPS, lr=lr, checkpoint_every=2, log_every=1, device="cpu"
+    )
+    return TrainJob("ddp", NoNormNet(), head, cfg, seed=SEED, weight_decay=5e-4, embedding_wd_mult=10.0,
+                    description={"test": "ddp"})
+
+
+def _engine_worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    ctx, _ = distributed.setup(torch.device("cpu"))
+    out = Path(out_dir)
+    try:
+        for mode in ("replicated", "sharded"):
+            train(engine_job(mode, ctx), dataset(), out / mode / "whole")
+            train(engine_job(mode, ctx), dataset(), out / mode / "killed", stop_after=3)  # last checkpoint: step 2
+            train(engine_job(mode, ctx), dataset(), out / mode / "killed")  # every rank resumes from rank 0's file
+        diverged = train(engine_job("sharded", ctx, lr=1e30), dataset(), out / "diverged")
+        torch.save(diverged, out / f"diverged_rank{rank}.pt")
+    finally:
+        distributed.shutdown(ctx)
+
+
+@pytest.fixture(scope="module")
+def engine_runs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("engine")
+    mp.spawn(_engine_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
+    train(engine_job("replicated", None), dataset(), out / "single")
+    return out
+
+
+def _state(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = checkpoint.load_weights(run_dir / "model.pt")
+    return {f"{part}.{key}": value for part in ("backbone", "head") for key, value in state[part].items()}
+
+
+@pytest.mark.parametrize("mode", ["replicated", "sharded"])
+def test_engine_on_two_ranks_trains_as_one_process(engine_runs, mode):
+    single, ranks = _state(engine_runs / "single"), _state(engine_runs / mode / "whole")
+    assert single.keys() == ranks.keys() and ranks["head.weight"].shape == (CLASSES, EMB)  # gathered centres
+    start = NoNormNet().state_dict()
+    for key, value in single.items():
+        # float32 sums in another order, over 5 steps: ~1e-6 relative. A slice's gradient where the global batch's
+        # is due, or a sum where a mean is, is off by tens of percent.
+        torch.testing.assert_close(ranks[key], value, rtol=1e-4, atol=1e-5 * float(value.abs().max()), msg=key)
+    assert not torch.allclose(single["backbone.linear.weight"], start["linear.weight"])  # it really trained
+    one = json.loads((engine_runs / "single" / "train.json").read_text())
+    two = json.loads((engine_runs / mode / "whole" / "train.json").read_text())
+    assert two["steps"] == one["steps"] == ENGINE_STEPS
+    assert two["final_loss"] == pytest.approx(one["final_loss"], rel=1e-5)
+    assert two["final_train_accuracy"] == pytest.approx(one["final_train_accuracy"])
+
+
+@pytest.mark.parametrize("mode", ["replicated", "sharded"])
+def test_engine_on_two_ranks_resumes_bitwise(engine_runs, mode):
+    whole, resumed = _state(engine_runs / mode / "whole"), _state(engine_runs / mode / "killed")
+    for key, value in whole.items():
+        assert torch.equal(resumed[key], value), key
+    assert not (engine_runs / mode / "killed" / "checkpoint.pt").exists()
+
+
+def test_engine_ranks_agree_on_divergence(engine_runs):
+    results = [torch.load(engine_runs / f"diverged_rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    steps = {result.diverged_at_step for result in results}
+    assert len(steps) == 1 and None not in steps
+    record = json.loads((engine_runs / "diverged" / "train.json").read_text())
+    assert record["diverged_at_step"] == results[0].diverged_at_step

@@ -19,7 +19,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pipeline import heads
-from pipeline.heads.sharded import ShardedMarginHead, init_centres, sample_columns, shard_range
+from pipeline.heads.sharded import (
+    ShardedMarginHead,
+    centre_memory_per_rank,
+    centre_memory_table,
+    init_centres,
+    sample_columns,
+    shard_range,
+)
 
 torch.set_num_threads(1)
 
@@ -219,3 +226,15 @@ def test_sampling_keeps_every_positive_and_is_seeded():
     # more positives than the fraction allows: all of them are still scored
     many = torch.ones(40, dtype=torch.bool)
     assert sample_columns(many, 0.1, seed=1, step=0, rank=0).numel() == 40
+
+
+def test_centre_memory_per_rank():
+    # 85,742 x 512 fp32 on one rank: 175,599,616 B per matrix; on 8 ranks the largest block has ceil(85742/8) rows
+    one = centre_memory_per_rank(85_742, 512, 1)
+    assert one["weight"] == one["momentum"] == one["gradient"] == 85_742 * 512 * 4 == 175_599_616
+    assert one["total"] == 3 * 175_599_616
+    eight = centre_memory_per_rank(85_742, 512, 8)
+    assert eight["rows"] == 10_718 and eight["weight"] == 10_718 * 2048
+    assert centre_memory_per_rank(1_000_000, 512, 4)["weight"] == 250_000 * 2048
+    table = centre_memory_table([1_000_000], 512, [1, 8])
+    assert "| 1,000,000 | 3,906.2 MiB | 5,859.4 MiB | 488.3 MiB | 732.4 MiB |" in table

@@ -46,6 +46,32 @@ def shard_range(num_classes: int, world_size: int, rank: int) -> tuple[int, int]
     return start, start + base + (rank < extra)
 
 
+def centre_memory_per_rank(
+    num_classes: int, embedding_size: int, world_size: int, bytes_per_value: int = 4
+) -> dict[str, int]:
+    """Bytes one rank holds for its block of W (the largest, ceil(C/N) rows x d): the centres, their gradient and
+    their SGD momentum, each rows x d x bytes_per_value, and their total."""
+    start, stop = shard_range(num_classes, world_size, 0)  # rank 0's block is the largest
+    one = (stop - start) * embedding_size * bytes_per_value
+    return {"rows": stop - start, "weight": one, "gradient": one, "momentum": one, "total": 3 * one}
+
+
+def centre_memory_table(class_counts: list[int], embedding_size: int, world_sizes: list[int]) -> str:
+    """Markdown table of `centre_memory_per_rank` (MiB): weights + momentum, and with the gradient, per rank."""
+    mib = 2**20
+    head = "| identities | " + " | ".join(
+        f"N={n}: W + momentum | N={n}: + gradient" for n in world_sizes
+    ) + " |"
+    lines = [head, "| --- |" + " ---: | ---: |" * len(world_sizes)]
+    for classes in class_counts:
+        cells = []
+        for n in world_sizes:
+            memory = centre_memory_per_rank(classes, embedding_size, n)
+            cells += [f"{(memory['weight'] + memory['momentum']) / mib:,.1f} MiB", f"{memory['total'] / mib:,.1f} MiB"]
+        lines.append(f"| {classes:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def init_centres(
     num_classes: int, embedding_size: int, start: int, stop: int, seed: int, device: torch.device | str | None = None
 ) -> Tensor:

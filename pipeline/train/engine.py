@@ -2,6 +2,9 @@
 
 Determinism: the batch order and the flips are pure functions of (seed, step) and the model and
 optimiser state are checkpointed, so a killed run that is started again continues bit for bit.
+
+Under `torchrun` (pipeline.train.distributed) every rank trains on its slice of each global batch with the backbone
+in DDP; the head is replicated, or sharded over the ranks when `job.head` is a ShardedMarginHead. Rank 0 writes.
 """
 from __future__ import annotations
 
@@ -20,9 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.config import TrainConfig
 from pipeline.io import write_json_atomic
 from pipeline.tracking import NullTracker, Tracker
-from pipeline.train import checkpoint
+from pipeline.heads.sharded import ShardedMarginHead
+from pipeline.train import checkpoint, distributed
 from pipeline.train.optim import make_optimizer, parameter_groups, step_lr_factor
-from pipeline.train.order import StepBatchSampler, flip_mask
 
 CurveFn = Callable[[nn.Module], dict[str, float]]
 
@@ -89,6 +92,17 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+def _check_sharded(job: TrainJob) -> None:
+    """What a sharded head cannot do: every rank would clip by its own norm, skip its own fp16 steps, or need the
+    whole centre matrix for distillation."""
+    if job.train.grad_clip:
+        raise ValueError("train.grad_clip is not supported with a sharded head (train.shard_head): set it to null")
+    if job.train.amp == "fp16":
+        raise ValueError("train.amp=fp16 is not supported with a sharded head (train.shard_head): use bf16 or none")
+    if job.teacher is not None:
+        raise ValueError(f"{job.name}: distillation is not supported with a sharded head (train.shard_head)")
+
+
 def _all_finite(parameters: list[nn.Parameter]) -> bool:
     grads = [p.grad for p in parameters if p.grad is not None]
     return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
@@ -109,7 +123,11 @@ def train(
     """
     cfg = job.train
     tracker = tracker or NullTracker()
-    device = resolve_device(cfg.device)
+    ctx, device = distributed.setup(resolve_device(cfg.device))
+    writer = distributed.writes(ctx)
+    sharded = isinstance(job.head, ShardedMarginHead)
+    if sharded:
+        _check_sharded(job)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
@@ -134,18 +152,22 @@ def train(
     trainable = [p for g in groups for p in g["params"]]
 
     start_step, history = 0, {"last_finite": {}, "seconds": 0.0, "images": 0}
-    if resumable(out_dir, job.description):
+    if resumable(out_dir, job.description):  # every rank loads rank 0's checkpoint (a shared file system)
         state = checkpoint.load(ckpt_path, map_location=device)
         backbone.load_state_dict(state["backbone"])
-        head.load_state_dict(state["head"])
         if projection is not None:
             projection.load_state_dict(state["projection"])
-        optimizer.load_state_dict(state["optimizer"])
+        distributed.load_training_state(head, optimizer, state["head"], state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
         start_step, history = state["step"], state["history"]
 
-    sampler = StepBatchSampler(len(dataset), cfg.batch_size, job.seed, start_step, cfg.iterations)
+    if not sharded:
+        distributed.broadcast_(head.parameters(), ctx)
+    model = distributed.wrap_backbone(backbone, ctx, device, sum_gradients=sharded)
+    if cfg.compile:
+        model = torch.compile(model)
+    sampler = distributed.batch_sampler(len(dataset), cfg.batch_size, job.seed, start_step, cfg.iterations, ctx)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -155,15 +177,18 @@ def train(
     )
 
     def save_checkpoint(step: int) -> None:
+        head_state, optimizer_state = distributed.full_training_state(head, optimizer)  # a collective: every rank
+        if not writer:
+            return
         checkpoint.save(
             ckpt_path,
             {
                 "step": step,
                 "description": job.description,
                 "backbone": backbone.state_dict(),
-                "head": head.state_dict(),
+                "head": head_state,
                 "projection": projection.state_dict() if projection is not None else None,
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "scaler": scaler.state_dict(),
                 "rng": checkpoint.rng_state(),
                 "history": history,
@@ -183,24 +208,32 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * factor
         if cfg.flip_augment:
-            mask = flip_mask(images.shape[0], job.seed, step)
+            mask = distributed.rank_flip_mask(cfg.batch_size, job.seed, step, ctx)
             images = torch.where(mask[:, None, None, None], images.flip(-1), images)
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
         with _autocast(device, cfg.amp):
-            embeddings = backbone(images)
-            cosine = head.cosine(embeddings)
-            loss = head.loss(head.logits(cosine, labels), labels)
+            embeddings = model(images)
+            if sharded:  # the global batch's loss and accuracy, softmax reduced across ranks
+                output = head(embeddings, labels, step)
+                loss, correct = output.loss, output.accuracy
+            else:
+                cosine = head.cosine(embeddings)
+                loss = head.loss(head.logits(cosine, labels), labels)
+                correct = (cosine.detach().argmax(dim=1) == labels).float().mean()
             if teacher is not None and projection is not None:
                 with torch.no_grad():
                     target = teacher(images)
                 loss = loss + job.distill_weight * distillation_loss(projection(embeddings.float()), target)
         optimizer.zero_grad(set_to_none=True)
-        finite = bool(torch.isfinite(loss))
+        finite = distributed.all_ranks(bool(torch.isfinite(loss)), ctx, device)
         if finite:
             scaler.scale(loss).backward()
+            if not sharded:
+                distributed.average_gradients_(extra, ctx)  # DDP reduced the backbone's; the head's and projection's
             scaler.unscale_(optimizer)
-            finite = _all_finite(trainable) or cfg.amp == "fp16"  # fp16: the scaler skips such steps itself
+            # fp16: the scaler skips steps with non-finite gradients itself
+            finite = distributed.all_ranks(_all_finite(trainable), ctx, device) or cfg.amp == "fp16"
             if finite and cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         if not finite:
@@ -211,13 +244,14 @@ def train(
         scaler.step(optimizer)
         scaler.update()
         step += 1
-        loss_value = float(loss.detach())
-        accuracy = float((cosine.detach().argmax(dim=1) == labels).float().mean())
+        # a replicated head's figures are its slice's: their mean over ranks is the global batch's
+        loss_value = float(loss.detach()) if sharded else distributed.mean_over_ranks(float(loss.detach()), ctx, device)
+        accuracy = float(correct) if sharded else distributed.mean_over_ranks(float(correct), ctx, device)
         history["last_finite"] = {"loss": loss_value, "train_accuracy": accuracy, "step": step}
-        history["images"] += images.shape[0]
+        history["images"] += images.shape[0] * (ctx.world_size if ctx else 1)
         if step % cfg.log_every == 0 or step == cfg.iterations:
             tracker.log_metrics({"loss": loss_value, "train_accuracy": accuracy, "lr": cfg.lr * factor}, step=step)
-        if curve_fn is not None and cfg.curve_every and (step % cfg.curve_every == 0 or step == cfg.iterations):
+        if writer and curve_fn is not None and cfg.curve_every and (step % cfg.curve_every == 0 or step == cfg.iterations):
             curve = curve_fn(backbone)
             backbone.train()
             history.setdefault("curve", []).append({"step": step, **curve})
@@ -227,20 +261,24 @@ def train(
             started = time.perf_counter()
             save_checkpoint(step)
         if stop_after is not None and step >= stop_after:
+            distributed.barrier(ctx)
             return _result(step, history, diverged_at)
     history["seconds"] += time.perf_counter() - started
 
     result = _result(step, history, diverged_at)
-    checkpoint.save(
-        out_dir / "model.pt",
-        {
-            "backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
-            "head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
-            "meta": {"name": job.name, "seed": job.seed, "diverged_at_step": diverged_at, **job.description},
-        },
-    )
-    write_json_atomic(out_dir / "train.json", {**asdict(result), "curve": history.get("curve", [])})
-    ckpt_path.unlink(missing_ok=True)  # finished: a later run with changed code must train afresh, not resume
+    head_state = distributed.full_head_state(head)  # a collective: every rank
+    if writer:
+        checkpoint.save(
+            out_dir / "model.pt",
+            {
+                "backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+                "head": {k: v.detach().cpu() for k, v in head_state.items()},
+                "meta": {"name": job.name, "seed": job.seed, "diverged_at_step": diverged_at, **job.description},
+            },
+        )
+        write_json_atomic(out_dir / "train.json", {**asdict(result), "curve": history.get("curve", [])})
+        ckpt_path.unlink(missing_ok=True)  # finished: a later run with changed code must train afresh, not resume
+    distributed.barrier(ctx)  # no rank starts the next job (or exits) before rank 0 has written this one
     return result
 
 
