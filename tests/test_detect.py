@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
+from pipeline import config
 from pipeline.align import align, apply_transform, similarity_transform, template
 from pipeline.data.align_records import (
     DetectionTally, align_dataset, align_photo, align_record, central_crop, reduction_factor,
@@ -21,10 +23,12 @@ from pipeline.data.images import decode_image, encode_png
 from pipeline.data.lfw import lfw_root_from_env, read_labels
 from pipeline.data.records import NO_LANDMARKS, FaceRecord, iter_records, read_benchmark, write_benchmark, write_records
 from pipeline.data.synthetic import make_identity, neutral, render
+from pipeline.paths import Paths
 from pipeline.detect import (
     Detection, DetectorSpec, GroundTruthLandmarks, MtcnnDetector, as_rgb, detection_size,
     make_detector, select_face, to_original,
 )
+from stages import align as align_stage
 
 LFW = lfw_root_from_env()
 needs_lfw = pytest.mark.skipif(not (LFW / "labels.csv").is_file(), reason=f"LFW not found at {LFW} (set $FACEREPRO_LFW)")
@@ -323,3 +327,25 @@ def test_given_landmarks_keep_the_plain_warp_and_detected_ones_are_prefiltered()
     detected = align_record(record, 32, "photo", MarkedFaces(landmarks), DetectionTally(), None)
     np.testing.assert_array_equal(decode_image(detected.image, "photo"), align_photo(pixels, landmarks, 32)[0])
     assert not np.array_equal(decode_image(detected.image, "photo"), decode_image(given.image, "given"))
+
+
+def test_align_stage_detects_landmarks_when_configured(tmp_path, found_face):
+    # stages/align.py builds the detector from align.*: a landmark-less face is detected, a blank photo is
+    # dropped from training and listed, and the synthetic record with landmarks keeps its own
+    raw = yaml.safe_load((config.PROJECT_ROOT / "params.yaml").read_text())
+    raw["profile"] = "smoke"
+    raw["align"].update(detector="mtcnn", device="cpu")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    pixels, landmarks = found_face
+    paths = Paths(tmp_path)
+    write_records(paths.raw / "train", [
+        FaceRecord(encode_png(pixels), 0, NO_LANDMARKS.copy(), "face.png"),
+        FaceRecord(encode_png(np.full((128, 128, 3), 128, np.uint8)), 0, NO_LANDMARKS.copy(), "blank.png"),
+        FaceRecord(encode_png(pixels), 1, landmarks.astype(np.float32), "given.png"),
+    ])
+    summary = align_stage.run(config.load(params), paths)
+    assert summary["train_images"] == 2 and summary["detection"]["train_dropped_no_face"] == 1
+    assert summary["train_landmarks"]["detected"] == 1 and summary["train_landmarks"]["given"] == 1
+    assert summary["train_landmarks"]["no_face_sources"] == ["blank.png"]
+    assert (paths.reports / "align.json").is_file()

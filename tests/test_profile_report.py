@@ -1,0 +1,50 @@
+"""pipeline/profile_report.py: a profile's run collected into reports/<profile>/ with its summary table."""
+import json
+
+import pytest
+
+from pipeline.io import write_json_atomic
+from pipeline.profile_report import collect
+
+RUN = {"commit": "abc1234", "seconds": 1234, "cpus": 2, "load_before": "1.0 1.0 1.0", "load_after": "2.0 2.0 2.0"}
+
+
+def tally(detected: int, no_face: list[str]) -> dict:
+    looked = detected + len(no_face)
+    return {"given": 0, "detected": detected, "no_face": len(no_face), "no_face_sources": no_face,
+            "resized_whole": 0, "detection_rate": detected / looked}
+
+
+@pytest.fixture()
+def work(tmp_path):
+    reports = tmp_path / "work" / "reports"
+    write_json_atomic(reports / "data.json", {
+        "source": "lfw", "train": {"persons": 3, "images": 12, "skipped": []},
+        "evaluated_on": "lfw-devtest: DevTest pairs", "not_evaluated": "lfw-view2: shares persons with DevTrain"})
+    write_json_atomic(reports / "align.json", {
+        "train_landmarks": tally(9, ["lfw-deepfunneled/Ann/Ann_0003.jpg"]),
+        "benchmarks": {"lfw-devtest": {"images": 4, "pairs": 2, "landmarks": tally(4, [])}}})
+    metrics = {"accuracy": 0.8, "accuracy_flip": 0.825, "accuracy_flip_std": 0.05, "tar_at_far_0.01": 0.4}
+    write_json_atomic(reports / "metrics" / "eval" / "cosface.json", {
+        "model": "cosface", "label": "CosFace", "seeds": {"0": {"benchmarks": {"lfw-devtest": metrics}}}})
+    (reports / "table3.md").write_text("| Row |\n")
+    return tmp_path / "work"
+
+
+def test_collect_writes_the_summary_and_copies_the_tables(work, tmp_path):
+    out = tmp_path / "reports" / "lfw"
+    summary = collect(work, out, "lfw", RUN)
+    table = (out / "table.md").read_text()
+    assert "| train | 10 | 9 | 1 | 90.00% |" in table and "| lfw-devtest | 4 | 4 | 0 | 100.00% |" in table
+    assert "`Ann_0003.jpg`" in table
+    assert "| CosFace (`cosface`, seed 0) | 82.50 (±5.00) | 80.00 | 40.00 |" in table
+    assert "not scored on: lfw-view2: shares persons with DevTrain" in table and "1,234 s" in table
+    assert (out / "table3.md").read_text() == "| Row |\n" and (out / "eval" / "cosface.json").is_file()
+    assert json.loads((out / "summary.json").read_text())["detection"] == summary["detection"]
+
+
+def test_an_unfinished_run_is_named_and_leaves_no_output(work, tmp_path):
+    (work / "reports" / "align.json").unlink()
+    with pytest.raises(FileNotFoundError, match="align.json"):
+        collect(work, tmp_path / "out", "lfw", RUN)
+    assert not (tmp_path / "out").exists()
