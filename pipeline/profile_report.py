@@ -65,7 +65,7 @@ def markdown(profile: str, run: dict[str, Any], data: dict[str, Any], detection:
              accuracy: list[dict[str, Any]]) -> str:
     lines = [
         f"# The `{profile}` profile", "",
-        f"`bash scripts/reproduce-profile {profile}` at commit `{run['commit']}`: `dvc repro` of the whole pipeline in "
+        f"`bash scripts/reproduce-profile {' '.join([profile, run.get('overrides', '')]).strip()}` at commit `{run['commit']}`: `dvc repro` of the whole pipeline in "
         f"a clone, {run['seconds']:,} s ({run['seconds'] / 60:.1f} min) wall time on {run['cpus']} CPU(s); load "
         f"average (1/5/15 min) {run['load_before']} before, {run['load_after']} after. The run's own tables are "
         "beside this file (table3.md has the paired tests).", "",
@@ -132,8 +132,9 @@ def main() -> None:
     parser.add_argument("--load-before", required=True)
     parser.add_argument("--load-after", required=True)
     parser.add_argument("--commit", required=True)
+    parser.add_argument("--overrides", default="", help="the KEY=VALUE arguments the run was given")
     args = parser.parse_args()
-    run = {"commit": args.commit, "seconds": args.seconds, "cpus": os.cpu_count(),
+    run = {"commit": args.commit, "overrides": args.overrides, "seconds": args.seconds, "cpus": os.cpu_count(),
            "load_before": args.load_before, "load_after": args.load_after}
     collect(args.work, args.out, args.profile, run)
     print(f"wrote {args.out}/table.md")
