@@ -26,6 +26,7 @@ class Recipe:
     weight_decay: float
     embedding_wd_mult: float
     iterations: int
+    warmup_iterations: int = 0  # linear learning-rate warm-up (train.warmup_iterations, or the teacher's own)
     cleaned: bool = True  # trained on the cleaning manifest's kept images
     teacher: str | None = None
     distill_weight: float = 0.0
@@ -43,6 +44,7 @@ class Recipe:
             "weight_decay": self.weight_decay,
             "embedding_wd_mult": self.embedding_wd_mult,
             "iterations": self.iterations,
+            "warmup_iterations": self.warmup_iterations,
             "cleaned": self.cleaned,
             "teacher": self.teacher,
             "distill_weight": self.distill_weight,
@@ -59,6 +61,7 @@ def recipes(cfg: Config) -> dict[str, Recipe]:
         backbone=cfg.backbone.name,
         embedding_size=cfg.backbone.embedding_size,
         iterations=train.iterations,
+        warmup_iterations=train.warmup_iterations,
     )
     found: dict[str, Recipe] = {
         PRETRAIN: Recipe(
@@ -86,6 +89,7 @@ def recipes(cfg: Config) -> dict[str, Recipe]:
             backbone=cfg.backbone.name,
             embedding_size=cfg.backbone.embedding_size,
             iterations=cfg.clean.bootstrap_iterations,
+            warmup_iterations=train.warmup_iterations,
         ),
     }
     for name, row in cfg.rows.items():
@@ -119,6 +123,7 @@ def recipes(cfg: Config) -> dict[str, Recipe]:
             weight_decay=train.weight_decay,
             embedding_wd_mult=train.embedding_wd_mult,
             iterations=distill.teacher_iterations or train.iterations,
+            warmup_iterations=distill.teacher_warmup_iterations,
         )
         found[STUDENT] = Recipe(
             **{

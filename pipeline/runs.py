@@ -168,7 +168,7 @@ def train_recipe(cfg: Config, paths: Paths, name: str, seed: int, stop_after: in
         name=name,
         backbone=backbone,
         head=head,
-        train=cfg.train.model_copy(update={"iterations": recipe.iterations}),
+        train=cfg.train.model_copy(update={"iterations": recipe.iterations, "warmup_iterations": recipe.warmup_iterations}),
         seed=seed,
         weight_decay=recipe.weight_decay,
         embedding_wd_mult=recipe.embedding_wd_mult,

@@ -1,4 +1,5 @@
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
@@ -66,3 +67,38 @@ def test_student_copies_its_row_and_adds_the_teacher(raw):
     student, plain = found[STUDENT], found[cfg.distill.student_row]
     assert (student.head, student.margins, student.backbone) == (plain.head, plain.margins, plain.backbone)
     assert student.teacher == TEACHER and student.distill_weight == cfg.distill.weight
+
+
+def test_teacher_has_its_own_warmup_and_rows_keep_the_train_sections(raw):
+    raw = copy.deepcopy(raw)
+    raw["train"]["warmup_iterations"] = 7
+    raw["distill"]["teacher_warmup_iterations"] = 40
+    found = recipes(config.resolve(raw, "cpu"))
+    assert found[TEACHER].warmup_iterations == 40
+    assert {name: r.warmup_iterations for name, r in found.items() if name != TEACHER} == dict.fromkeys(
+        (name for name in found if name != TEACHER), 7
+    )
+    assert found[TEACHER].description(0, 48, 64, 64.0)["warmup_iterations"] == 40
+
+
+def test_train_recipe_hands_the_recipe_warmup_to_the_engine(monkeypatch, raw):
+    from pipeline import runs
+
+    raw = copy.deepcopy(raw)
+    raw["distill"]["teacher_warmup_iterations"] = 40
+    cfg = config.resolve(raw, "cpu")
+    cfg = cfg.model_copy(
+        update={"tracking": config.TrackingConfig(enabled=False), "train": cfg.train.model_copy(update={"curve_every": 0})}
+    )
+    seen = {}
+
+    def fake_train(job, dataset, out_dir, **_):
+        seen["train"] = job.train
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(runs, "FaceDataset", lambda *a, **k: type("D", (), {"labels": [0, 1]})())
+    monkeypatch.setattr(runs, "training_indices", lambda *a: None)
+    monkeypatch.setattr(runs, "train", fake_train)
+    with pytest.raises(RuntimeError, match="stop here"):
+        runs.train_recipe(cfg, runs.Paths(root=Path("/nonexistent")), TEACHER, 0)
+    assert seen["train"].warmup_iterations == 40 and seen["train"].iterations == cfg.train.iterations
