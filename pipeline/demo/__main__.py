@@ -1,0 +1,3 @@
+from pipeline.demo.app import main
+
+main()
