@@ -57,9 +57,9 @@ def data_url(image: Image.Image, kind: str) -> str:
 
 
 def marked_photo(face: Face) -> str:
-    """The photo scaled to SHOWN_SIDE with the detected box and the five landmarks drawn on it."""
+    """The photo scaled to SHOWN_SIDE (small ones up, so the marks stay visible) with the box and landmarks drawn."""
     image = Image.fromarray(face.photo)
-    scale = min(1.0, SHOWN_SIDE / max(image.size))
+    scale = SHOWN_SIDE / max(image.size)
     image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS)
     draw = ImageDraw.Draw(image)
 
@@ -68,7 +68,7 @@ def marked_photo(face: Face) -> str:
 
     x0, y0, x1, y1 = shown(face.detection.box.reshape(2, 2)).reshape(4)
     draw.rectangle((x0, y0, x1, y1), outline="#00e0ff", width=2)
-    radius = max(2.0, 0.012 * max(image.size))
+    radius = 0.015 * SHOWN_SIDE
     for (x, y), colour in zip(shown(face.detection.landmarks), LANDMARK_COLOURS):
         draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour, outline="black")
     return data_url(image, "JPEG")
