@@ -1,4 +1,5 @@
 """The training engine: bitwise-exact resume, the divergence guard, weight-decay groups, the schedule."""
+import json
 import math
 
 import pytest
@@ -51,6 +52,9 @@ def test_killed_run_resumes_bitwise(tmp_path):
             assert torch.equal(a[part][key], b[part][key]), key
     assert resumed.final_loss == whole.final_loss
     assert not (tmp_path / "killed" / "checkpoint.pt").exists()  # finished runs leave no checkpoint behind
+    record = json.loads((tmp_path / "killed" / "train.json").read_text())
+    assert record["resumed_from_steps"] == [4]
+    assert json.loads((tmp_path / "whole" / "train.json").read_text())["resumed_from_steps"] == []
 
 
 def test_checkpoint_of_another_job_is_not_resumed(tmp_path):
@@ -112,3 +116,15 @@ def test_distillation_run_trains_with_a_frozen_teacher(tmp_path):
     result = train(job, tiny_dataset(), tmp_path / "run")
     assert math.isfinite(result.final_loss)
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+@pytest.mark.slow  # inductor compiles the forward and backward graphs: tens of seconds on 2 cores
+def test_compiled_backbone_trains_like_the_eager_one(tmp_path):
+    data = tiny_dataset()
+    eager = train(make_job(iterations=3), data, tmp_path / "eager")
+    compiled = train(make_job(iterations=3, compile=True), data, tmp_path / "compiled")
+    a, b = weights(tmp_path / "eager" / "model.pt"), weights(tmp_path / "compiled" / "model.pt")
+    assert a["backbone"].keys() == b["backbone"].keys()  # the state dict of the module, not of the wrapper
+    for key, value in a["backbone"].items():
+        torch.testing.assert_close(b["backbone"][key], value, rtol=1e-3, atol=1e-4, msg=key)
+    assert compiled.final_loss == pytest.approx(eager.final_loss, rel=1e-3)

@@ -8,6 +8,7 @@ in DDP; the head is replicated, or sharded over the ranks when `job.head` is a S
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from pipeline.train import checkpoint, distributed
 from pipeline.train.optim import make_optimizer, parameter_groups, step_lr_factor
 
 CurveFn = Callable[[nn.Module], dict[str, float]]
+log = logging.getLogger("facerepro.train")
 
 
 @dataclass
@@ -161,6 +163,9 @@ def train(
         scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
         start_step, history = state["step"], state["history"]
+        history.setdefault("resumed_from", []).append(start_step)
+        log.info("%s: resumed from step %d of %d (%s)", job.name, start_step, cfg.iterations, ckpt_path)
+        tracker.log_metrics({"resumed_from_step": start_step}, step=start_step)
 
     if not sharded:
         distributed.broadcast_(head.parameters(), ctx)
@@ -251,7 +256,8 @@ def train(
         history["images"] += images.shape[0] * (ctx.world_size if ctx else 1)
         if step % cfg.log_every == 0 or step == cfg.iterations:
             tracker.log_metrics({"loss": loss_value, "train_accuracy": accuracy, "lr": cfg.lr * factor}, step=step)
-        if writer and curve_fn is not None and cfg.curve_every and (step % cfg.curve_every == 0 or step == cfg.iterations):
+        curve_due = cfg.curve_every and (step % cfg.curve_every == 0 or step == cfg.iterations)
+        if writer and curve_fn is not None and curve_due:
             curve = curve_fn(backbone)
             backbone.train()
             history.setdefault("curve", []).append({"step": step, **curve})
@@ -276,7 +282,8 @@ def train(
                 "meta": {"name": job.name, "seed": job.seed, "diverged_at_step": diverged_at, **job.description},
             },
         )
-        write_json_atomic(out_dir / "train.json", {**asdict(result), "curve": history.get("curve", [])})
+        record = {**asdict(result), "resumed_from_steps": history.get("resumed_from", [])}
+        write_json_atomic(out_dir / "train.json", {**record, "curve": history.get("curve", [])})
         ckpt_path.unlink(missing_ok=True)  # finished: a later run with changed code must train afresh, not resume
     distributed.barrier(ctx)  # no rank starts the next job (or exits) before rank 0 has written this one
     return result
