@@ -125,6 +125,8 @@ def test_detector_spec_and_factory_reject_bad_settings():
         DetectorSpec(min_face_size=5)
     with pytest.raises(ValueError, match="thresholds"):
         DetectorSpec(thresholds=(0.6, 0.7))
+    with pytest.raises(ValueError, match="cpu_threads"):
+        DetectorSpec(cpu_threads=0)
     assert make_detector("none", DetectorSpec(), "cpu") is None
     with pytest.raises(ValueError, match="align.detector"):
         make_detector("haar", DetectorSpec(), "cpu")
@@ -349,3 +351,18 @@ def test_align_stage_detects_landmarks_when_configured(tmp_path, found_face):
     assert summary["train_landmarks"]["detected"] == 1 and summary["train_landmarks"]["given"] == 1
     assert summary["train_landmarks"]["no_face_sources"] == ["blank.png"]
     assert (paths.reports / "align.json").is_file()
+
+
+def test_cpu_detection_uses_its_own_thread_count_and_restores_the_callers(found_face):
+    pixels, _ = found_face
+    before = torch.get_num_threads()
+    seen = []
+    detector = MtcnnDetector(DetectorSpec(cpu_threads=1), "cpu")
+    inner = detector._mtcnn.detect
+    detector._mtcnn.detect = lambda *a, **k: (seen.append(torch.get_num_threads()), inner(*a, **k))[1]
+    torch.set_num_threads(2)
+    try:
+        assert detector.detect(pixels) is not None
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
