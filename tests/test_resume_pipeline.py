@@ -1,0 +1,157 @@
+"""The pipeline under failure, on one `dvc repro` of the smoke profile in a temporary copy of the project:
+
+- a row forced to diverge (weight decay 1e30) ends with `diverged_at_step` in its metrics, MLflow and the report,
+  while `dvc repro` completes every other row;
+- `dvc repro` of a row SIGKILLed after a checkpoint was written resumes from that checkpoint and ends with weights
+  bitwise equal to the uninterrupted run's;
+- `torchrun --nproc_per_node=2 -m stages.train` trains a row with the class centres sharded over 2 gloo processes.
+"""
+import json
+import math
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline.config import PROJECT_ROOT
+from pipeline.train import checkpoint
+
+pytestmark = pytest.mark.slow
+
+DIVERGING = "li_arcface_m050"
+KILLED = "cosface"
+SHARDED = "wd5e4"
+ITERATIONS = 40  # long enough that a kill after the first checkpoint lands before the end
+CHECKPOINT_EVERY = 5
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout + result.stderr
+
+
+def copy_project(root: Path) -> None:
+    """Tracked and untracked-but-not-ignored files, without data and reports, as a fresh git repository."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+    )
+    for name in filter(None, listed.stdout.split("\0")):
+        source = PROJECT_ROOT / name
+        if source.is_file() and not name.startswith(("reports/", "data/")):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("facerepro-failures")
+    copy_project(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["profile"] = "smoke"
+    params["profiles"]["smoke"]["train"].update(
+        iterations=ITERATIONS, checkpoint_every=CHECKPOINT_EVERY, curve_every=ITERATIONS // 2
+    )
+    params["rows"][DIVERGING]["weight_decay"] = 1.0e30  # the first SGD step blows the weights up
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(root)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        run(cmd, root, env)
+    output = run([sys.executable, "-m", "dvc", "repro"], root, env)
+    return root, env, params, output
+
+
+def train_record(root: Path, row: str) -> dict:
+    return json.loads((root / "data" / "models" / row / "seed0" / "train.json").read_text())
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    state = checkpoint.load_weights(path)
+    return {f"{part}.{key}": value for part in ("backbone", "head") for key, value in state[part].items()}
+
+
+def test_divergence_is_recorded_and_the_other_rows_complete(project):
+    root, env, params, output = project
+    record = train_record(root, DIVERGING)
+    step = record["diverged_at_step"]
+    assert isinstance(step, int) and step < ITERATIONS
+    assert math.isfinite(record["last_finite"]["loss"]) and record["last_finite"]["step"] == step
+    evaluation = json.loads((root / "reports" / "metrics" / "eval" / f"{DIVERGING}.json").read_text())
+    assert [seed["diverged_at_step"] for seed in evaluation["seeds"].values()] == [step]
+    assert f"diverged at step {step}" in (root / "reports" / "table3.md").read_text()
+    with sqlite3.connect(root / "mlflow.db") as db:
+        def logged(key: str) -> list[tuple[float]]:
+            return db.execute(
+                "select m.value from metrics m join tags t on t.run_uuid = m.run_uuid "
+                "where m.key = ? and t.key = 'row' and t.value = ?", (key, DIVERGING)
+            ).fetchall()
+
+        assert logged("diverged_at_step") == [(float(step),)]
+        assert logged("final_loss") == [(pytest.approx(record["last_finite"]["loss"]),)]  # the last finite loss
+    for row in params["rows"]:
+        if row != DIVERGING:
+            other = train_record(root, row)
+            assert other["diverged_at_step"] is None and other["steps"] == ITERATIONS, row
+            assert (root / "reports" / "metrics" / "eval" / f"{row}.json").is_file(), row
+    status = run([sys.executable, "-m", "dvc", "status"], root, env)
+    assert "changed" not in status, status  # dvc repro completed every stage, the diverged row's included
+
+
+def test_repro_after_sigkill_resumes_bitwise(project):
+    root, env, params, output = project
+    run_dir = root / "data" / "models" / KILLED / "seed0"
+    uninterrupted = tensors(run_dir / "model.pt")  # written by the full `dvc repro` above
+    ckpt = run_dir / "checkpoint.pt"
+    # train the row again (forced) and SIGKILL dvc and the stage as soon as its first checkpoint is on disk
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "-f", "--single-item", f"train@{KILLED}"],
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 600
+    while not ckpt.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert ckpt.is_file(), "the run ended (or timed out) before its first checkpoint"
+    killed_at = checkpoint.load(ckpt)["step"]
+    assert 0 < killed_at < ITERATIONS and killed_at % CHECKPOINT_EVERY == 0
+
+    again = run([sys.executable, "-m", "dvc", "repro", f"train@{KILLED}"], root, env)
+    assert f"Running stage 'train@{KILLED}'" in again, again
+    assert f"{KILLED}: resumed from step {killed_at} of {ITERATIONS}" in again, again
+    record = train_record(root, KILLED)
+    assert record["resumed_from_steps"] == [killed_at] and record["steps"] == ITERATIONS
+    resumed = tensors(run_dir / "model.pt")
+    assert resumed.keys() == uninterrupted.keys()
+    for key, value in uninterrupted.items():
+        assert torch.equal(resumed[key], value), key
+    assert not ckpt.exists()
+
+
+def test_torchrun_trains_a_row_with_a_sharded_head(project):
+    root, env, params, output = project
+    sharded = yaml.safe_load((root / "params.yaml").read_text())
+    sharded["profiles"]["smoke"]["train"].update(shard_head=True, head_sample_fraction=0.5)
+    (root / "params-sharded.yaml").write_text(yaml.safe_dump(sharded, sort_keys=False))
+    single = tensors(root / "data" / "models" / SHARDED / "seed0" / "model.pt")
+    shutil.rmtree(root / "data" / "models" / SHARDED)
+    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "stages.train", "--row", SHARDED, "--params", "params-sharded.yaml"], root, env)
+    record = train_record(root, SHARDED)
+    assert record["steps"] == ITERATIONS and record["diverged_at_step"] is None
+    assert math.isfinite(record["final_loss"])
+    model = root / "data" / "models" / SHARDED / "seed0" / "model.pt"
+    assert checkpoint.load_weights(model)["meta"]["head_sample_fraction"] == 0.5  # only a sharded head samples
+    trained = tensors(model)
+    assert {key: v.shape for key, v in trained.items()} == {key: v.shape for key, v in single.items()}  # whole W
