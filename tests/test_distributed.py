@@ -340,7 +340,8 @@ def test_engine_on_two_ranks_trains_as_one_process(engine_runs, mode):
     for key, value in single.items():
         # float32 sums in another order, over 5 steps: ~1e-6 relative. A slice's gradient where the global batch's
         # is due, or a sum where a mean is, is off by tens of percent.
-        torch.testing.assert_close(ranks[key], value, rtol=1e-4, atol=1e-5 * float(value.abs().max()), msg=key)
+        tolerance = {"rtol": 1e-4, "atol": 1e-5 * float(value.abs().max())}
+        torch.testing.assert_close(ranks[key], value, **tolerance, msg=lambda m, key=key: f"{key}: {m}")
     assert not torch.allclose(single["backbone.linear.weight"], start["linear.weight"])  # it really trained
     one = json.loads((engine_runs / "single" / "train.json").read_text())
     two = json.loads((engine_runs / mode / "whole" / "train.json").read_text())

@@ -118,13 +118,19 @@ def test_distillation_run_trains_with_a_frozen_teacher(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
 
-@pytest.mark.slow  # inductor compiles the forward and backward graphs: tens of seconds on 2 cores
+@pytest.mark.slow  # inductor compiles the forward and backward graphs: about a minute on 2 cores
 def test_compiled_backbone_trains_like_the_eager_one(tmp_path):
+    # one step: the fused kernels sum in another order, and over several steps at batch 8 BatchNorm amplifies such
+    # differences beyond any fixed tolerance (3 steps differed by more than 1e-3); one step isolates the compile path
     data = tiny_dataset()
-    eager = train(make_job(iterations=3), data, tmp_path / "eager")
-    compiled = train(make_job(iterations=3, compile=True), data, tmp_path / "compiled")
+    start = make_job().backbone.state_dict()
+    eager = train(make_job(iterations=1), data, tmp_path / "eager")
+    compiled = train(make_job(iterations=1, compile=True), data, tmp_path / "compiled")
     a, b = weights(tmp_path / "eager" / "model.pt"), weights(tmp_path / "compiled" / "model.pt")
     assert a["backbone"].keys() == b["backbone"].keys()  # the state dict of the module, not of the wrapper
-    for key, value in a["backbone"].items():
-        torch.testing.assert_close(b["backbone"][key], value, rtol=1e-3, atol=1e-4, msg=key)
-    assert compiled.final_loss == pytest.approx(eager.final_loss, rel=1e-3)
+    assert compiled.final_loss == pytest.approx(eager.final_loss, rel=1e-4)  # the first forward, same weights
+    keys = [k for k, v in start.items() if v.is_floating_point()]
+    step_eager = torch.cat([(a["backbone"][k] - start[k]).reshape(-1) for k in keys])
+    step_compiled = torch.cat([(b["backbone"][k] - start[k]).reshape(-1) for k in keys])
+    assert step_eager.norm() > 0
+    assert (step_compiled - step_eager).norm() / step_eager.norm() < 1e-2  # the same update, up to summation order
