@@ -137,6 +137,8 @@ class MtcnnDetector:
         image = as_rgb(image)
         height, width = image.shape[:2]
         small_h, small_w = detection_size(height, width, self.spec.max_side)
+        if min(small_h, small_w) < self.spec.min_face_size:  # MTCNN builds no pyramid level and fails on it
+            return []
         small = image
         if (small_h, small_w) != (height, width):
             small = np.asarray(Image.fromarray(image).resize((small_w, small_h), Image.Resampling.BOX))

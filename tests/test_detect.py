@@ -240,6 +240,11 @@ def test_mtcnn_finds_no_face_in_a_blank_or_noise_image(mtcnn):
     assert mtcnn.detect(np.random.default_rng(6).integers(0, 256, (120, 160, 3), dtype=np.uint8)) is None
 
 
+def test_mtcnn_finds_no_face_in_a_photo_smaller_than_the_smallest_face(mtcnn):
+    side = mtcnn.spec.min_face_size - 1
+    assert mtcnn.detect_all(np.full((side, side + 5, 3), 128, dtype=np.uint8)) == []
+
+
 def test_mtcnn_landmarks_on_frontal_synthetic_faces(mtcnn):
     errors = []
     for index in range(SYNTH_FACES):
