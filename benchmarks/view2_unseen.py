@@ -1,7 +1,7 @@
 """LFW View 2 (10 folds x 600 pairs) for models that saw no LFW person: the project's trained cpu-profile models
 (synthetic faces only), their final weights, the evaluate stage's 10-fold protocol.
 
-    python benchmarks/view2_unseen.py [--profile cpu] [--lfw-root DIR] [--out reports/lfw/view2_unseen]
+    python benchmarks/view2_unseen.py [--profile cpu] [--lfw-root DIR] [--out reports/view2_unseen]
 
 View 2's photos are detected and aligned with the lfw profile's MTCNN settings at the profile's crop size (no face:
 the lfw profile's central crop). Models trained on LFW DevTrain persons (the lfw profile's) are never scored here:
@@ -59,7 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="cpu", help="the profile whose trained models (data/models) are scored")
     parser.add_argument("--lfw-root", type=Path, default=lfw.lfw_root_from_env())
-    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "lfw" / "view2_unseen")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "view2_unseen")
     args = parser.parse_args()
     cfg = config.load(profile=args.profile)
     if cfg.data.source == "lfw":
