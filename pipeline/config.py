@@ -59,6 +59,9 @@ class BackboneConfig(Section):
     embedding_size: int = Field(128, ge=2)
 
 
+CompileMode = Literal["none", "activations", "backbone"]
+
+
 class TrainConfig(Section):
     batch_size: int = Field(64, ge=2)
     iterations: int = Field(30000, ge=1)
@@ -80,7 +83,8 @@ class TrainConfig(Section):
     curve_pairs: int = Field(600, ge=10)  # pairs per protocol used for the curves
     checkpoint_every: int = Field(100, ge=1)
     grad_clip: float | None = None
-    compile: bool = False  # torch.compile the backbone (inductor; needs a C++ compiler on CPU)
+    # torch.compile (inductor; needs a C++ compiler on CPU): none, the PReLU activations only, or the whole backbone
+    compile: CompileMode = "none"
     # under torchrun (docs/scale-out.md): class centres split over the ranks, and the share of each rank's
     # negative centres scored per step (PartialFC-style sampling; 1.0: all)
     shard_head: bool = False

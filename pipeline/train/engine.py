@@ -26,6 +26,7 @@ from pipeline.io import write_json_atomic
 from pipeline.tracking import NullTracker, Tracker
 from pipeline.heads.sharded import ShardedMarginHead
 from pipeline.train import checkpoint, distributed
+from pipeline.train.compilation import compile_for_training
 from pipeline.train.optim import make_optimizer, parameter_groups, step_lr_factor
 
 CurveFn = Callable[[nn.Module], dict[str, float]]
@@ -170,8 +171,7 @@ def train(
     if not sharded:
         distributed.broadcast_(head.parameters(), ctx)
     model = distributed.wrap_backbone(backbone, ctx, device, sum_gradients=sharded)
-    if cfg.compile:
-        model = torch.compile(model)
+    model = compile_for_training(model, cfg.compile)
     sampler = distributed.batch_sampler(len(dataset), cfg.batch_size, job.seed, start_step, cfg.iterations, ctx)
     loader = DataLoader(
         dataset,
