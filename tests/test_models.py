@@ -327,6 +327,21 @@ def test_airface_has_cbam_in_every_bottleneck_and_mobilefacenet_none() -> None:
     assert not any(isinstance(m, CBAM) for m in mobilefacenet.modules())
 
 
+@pytest.mark.parametrize("zero_init", [True, False])
+def test_zero_init_residual_starts_every_identity_bottleneck_as_the_identity(zero_init: bool) -> None:
+    model = build("airface", 64, 48, seed=0, zero_init_residual=zero_init)
+    blocks = [m for m in model.modules() if isinstance(m, InvertedResidual)]
+    identity_blocks = [b for b in blocks if b.residual]
+    assert 0 < len(identity_blocks) < len(blocks)
+    for block in blocks:
+        x = torch.randn(2, block.expand.conv.in_channels, 6, 6)
+        with torch.no_grad():
+            out = block(x)
+        assert torch.equal(out, x) == (zero_init and block.residual)
+    mobilefacenet = build("mobilefacenet", 64, 48, seed=0)  # keeps the default init: its committed results
+    assert all(torch.all(b.project.bn.weight == 1) for b in mobilefacenet.modules() if isinstance(b, InvertedResidual))
+
+
 @pytest.mark.parametrize("gate,reference,low,high", [
     ("one_plus_tanh", lambda z: 1 + np.tanh(z), 0.0, 2.0),
     ("sigmoid", lambda z: 1 / (1 + np.exp(-z)), 0.0, 1.0),

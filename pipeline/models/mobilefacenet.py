@@ -26,6 +26,9 @@ class GDCNetSpec:
     stages: tuple[Bottleneck, ...]
     last_channels: int  # the conv1x1 before the GDC
     attention: CBAMSpec | None = None  # CBAM in every bottleneck when set
+    # each identity bottleneck's last BN starts at gamma 0, so every residual branch starts as zero and the network
+    # as a shallow one (Goyal et al. 2017, "Accurate, Large Minibatch SGD", Sec. 5.1)
+    zero_init_residual: bool = False
 
 
 MOBILEFACENET = GDCNetSpec(
@@ -53,6 +56,10 @@ class GDCNet(nn.Module):
                 blocks.append(InvertedResidual(channels, stage.c, stride, stage.t, spec.attention))
                 channels = stage.c
         self.blocks = nn.Sequential(*blocks)
+        if spec.zero_init_residual:
+            for block in blocks:
+                if block.residual:
+                    nn.init.zeros_(block.project.bn.weight)
         self.last = ConvBN(channels, spec.last_channels, 1)
         # Only the 3x3 convs change the map size on the main path (1x1 convs keep it).
         main_path = [self.stem.conv, self.stem_dw.conv] + [block.depthwise.conv for block in blocks]
