@@ -13,6 +13,7 @@ from torch import nn
 from pipeline import heads, models
 from pipeline.config import Config
 from pipeline.data.loader import FaceDataset, load_benchmark_arrays
+from pipeline.devices import resolve_device
 from pipeline.evaluate.embeddings import extract_embeddings
 from pipeline.evaluate.verification import cosine_scores, verification_accuracy
 from pipeline.io import write_json_atomic
@@ -22,7 +23,7 @@ from pipeline.tracking import MlflowTracker, NullTracker, Tracker, flatten
 from pipeline.heads.sharded import ShardedMarginHead
 from pipeline.train import checkpoint, distributed
 from pipeline.train.distributed import DistContext
-from pipeline.train.engine import TrainJob, TrainResult, resolve_device, resumable, train
+from pipeline.train.engine import TrainJob, TrainResult, resumable, train
 
 
 def seed_dir(paths: Paths, name: str, seed: int) -> Path:

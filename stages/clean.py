@@ -9,12 +9,12 @@ from pipeline import clean, stage
 from pipeline.config import Config
 from pipeline.data.images import decode_image
 from pipeline.data.records import iter_records, read_metadata
+from pipeline.devices import resolve_device
 from pipeline.evaluate.embeddings import extract_embeddings
 from pipeline.io import atomic_path, write_json_atomic
 from pipeline.paths import Paths
 from pipeline.recipes import BOOTSTRAP
 from pipeline.runs import file_digest, load_backbone, seed_dir, train_recipe
-from pipeline.train.engine import resolve_device
 
 
 def run(cfg: Config, paths: Paths) -> dict:

@@ -10,13 +10,13 @@ import pandas as pd
 from pipeline import stage
 from pipeline.config import Config
 from pipeline.data.loader import load_benchmark_arrays
+from pipeline.devices import resolve_device
 from pipeline.evaluate.embeddings import evaluate_pairs
 from pipeline.io import atomic_path, write_json_atomic
 from pipeline.paths import Paths
 from pipeline.recipes import recipes
 from pipeline.runs import load_backbone, seed_dir
 from pipeline.tracking import MlflowTracker
-from pipeline.train.engine import resolve_device
 
 
 def run(cfg: Config, paths: Paths, model: str) -> dict:

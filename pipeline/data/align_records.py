@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from pipeline.align import align, similarity_transform, template
@@ -21,6 +20,7 @@ from pipeline.config import AlignConfig
 from pipeline.data.images import decode_image, encode_png
 from pipeline.data.records import FaceRecord, iter_records, read_benchmark, write_benchmark, write_records
 from pipeline.detect import DetectorSpec, GroundTruthLandmarks, LandmarkDetector, make_detector
+from pipeline.devices import resolve_device
 from pipeline.io import atomic_path
 
 
@@ -42,16 +42,6 @@ class DetectionTally:
         }
 
 
-def detection_device(name: str) -> torch.device:
-    """`align.device`: auto (CUDA where available, else CPU), cpu, cuda or cuda:N."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"align.device={name!r} but CUDA is not available on this machine")
-    return device
-
-
 def detector_from_config(cfg: AlignConfig) -> LandmarkDetector | None:
     """The detector `align.detector` names (None for "none"), with the align section's settings."""
     if cfg.detector == "none":
@@ -59,7 +49,7 @@ def detector_from_config(cfg: AlignConfig) -> LandmarkDetector | None:
     spec = DetectorSpec(
         selection=cfg.face_selection, max_side=cfg.detect_max_side, min_face_size=cfg.min_face_size
     )
-    return make_detector(cfg.detector, spec, detection_device(cfg.device))
+    return make_detector(cfg.detector, spec, resolve_device(cfg.device, "align.device"))
 
 
 def central_crop(image: np.ndarray, crop_size: int, fraction: float) -> np.ndarray:

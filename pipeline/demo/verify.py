@@ -22,6 +22,7 @@ from pipeline.config import AlignConfig, Config
 from pipeline.data.align_records import align_photo, detector_from_config
 from pipeline.data.images import CorruptImageError, decode_image
 from pipeline.data.loader import load_benchmark_arrays
+from pipeline.devices import resolve_device
 from pipeline.detect import Detection, LandmarkDetector, detection_size
 from pipeline.evaluate.embeddings import extract_embeddings, pair_scores
 from pipeline.evaluate.verification import cosine_scores, fold_mean_std, fold_predictions
@@ -29,7 +30,6 @@ from pipeline.paths import Paths
 from pipeline.recipes import recipes
 from pipeline.runs import load_backbone, seed_dir
 from pipeline.train import checkpoint as checkpoints
-from pipeline.train.engine import resolve_device
 
 REPRODUCE = "bash scripts/reproduce"  # trains and evaluates every model of the profile
 MODELS_OUTSIDE_ROWS = ("pretrain", "teacher", "student")  # dvc.yaml evaluates these in evaluate_models@

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import TrainConfig
+from pipeline.devices import resolve_device
 from pipeline.io import write_json_atomic
 from pipeline.tracking import NullTracker, Tracker
 from pipeline.heads.sharded import ShardedMarginHead
@@ -56,15 +57,6 @@ class TrainResult:
     images_per_second: float
     seconds: float
     last_finite: dict[str, float]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but CUDA is not available on this machine")
-    return device
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
