@@ -74,6 +74,14 @@ def markdown(profile: str, run: dict[str, Any], data: dict[str, Any], detection:
     if "train" in data and "persons" in data.get("train", {}):
         lines.append(f"- trained on {data['train']['persons']} persons, {data['train']['images']} photos "
                      f"(source `{data['source']}`)")
+    if data.get("source") == "folders":  # pipeline.data.folders: labels are the trained persons
+        lines.append(f"- trained on {len(data['labels'])} persons, {data['images']} photos (source `folders`, "
+                     f"`{data['root']}`)")
+        heldout = data.get("folders-heldout")
+        if heldout:
+            lines.append(f"- scored on: folders-heldout: {len(heldout['persons'])} persons held out of training "
+                         f"(seed {heldout['seed']}), {heldout['images']} photos, {heldout['pairs']} pairs in "
+                         f"{heldout['folds']} folds")
     for key in ("evaluated_on", "not_evaluated"):
         if key in data:
             lines.append(f"- {'scored on' if key == 'evaluated_on' else 'not scored on'}: {data[key]}")

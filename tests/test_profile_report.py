@@ -44,6 +44,16 @@ def test_collect_writes_the_summary_and_copies_the_tables(work, tmp_path):
     assert json.loads((out / "summary.json").read_text())["detection"] == summary["detection"]
 
 
+def test_a_folders_run_names_its_trained_and_held_out_persons(work, tmp_path):
+    write_json_atomic(work / "reports" / "data.json", {
+        "source": "folders", "root": "/photos", "images": 12, "labels": {"Ann": 0, "Bob": 1, "Cy": 2},
+        "folders-heldout": {"persons": ["Di", "Ed"], "seed": 0, "images": 8, "pairs": 20, "folds": 10}})
+    collect(work, tmp_path / "out", "folders", RUN)
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "- trained on 3 persons, 12 photos (source `folders`, `/photos`)" in table
+    assert "- scored on: folders-heldout: 2 persons held out of training (seed 0), 8 photos, 20 pairs in 10 folds" in table
+
+
 def test_an_unfinished_run_is_named_and_leaves_no_output(work, tmp_path):
     (work / "reports" / "align.json").unlink()
     with pytest.raises(FileNotFoundError, match="align.json"):
