@@ -125,7 +125,7 @@ class DistillConfig(Section):
     teacher_head: str = "li_arcface"
     teacher_margins: dict[str, float | str] = Field(default_factory=lambda: {"m": 0.4})
     teacher_iterations: int | None = None  # default: train.iterations
-    # the AirFace net's first-step gradient is ~8x MobileFaceNet's: a full-lr first step collapses it (README)
+    # linear lr warm-up of the teacher alone (the margin rows keep the paper's schedule; README, distillation)
     teacher_warmup_iterations: int = Field(0, ge=0)
     student_row: str = "li_arcface_m040"  # the plain student this is compared with (same head and margins)
     weight: float = Field(1.0, ge=0)  # feature distillation weight beside the margin loss
