@@ -4,87 +4,114 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+# params.yaml is the one source of defaults: a field it sets has no default here; the defaults below are for
+# fields it deliberately leaves out (per-row overrides, rarely changed switches).
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no bool for an int or float, no "1" for 1; floats finite
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _device(name: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ValueError(f"device must be auto | cpu | cuda | cuda:N, got {name!r}")
+    return name
+
+
+Device = Annotated[str, AfterValidator(_device)]
+Share = Annotated[float, Field(gt=0.0, lt=1.0)]  # a probability strictly between 0 and 1
 
 
 class DataConfig(Section):
-    source: Literal["synthetic", "insightface", "folders", "lfw"] = "synthetic"
-    synthetic: dict[str, Any] = Field(default_factory=dict)  # fields of pipeline.data.synthetic.SyntheticSpec
-    insightface_prefix: str | None = None  # e.g. /data/casia/train (train.rec / train.idx / property)
-    folders_root: str | None = None
-    benchmarks_bin: dict[str, str] = Field(default_factory=dict)  # name -> path of an InsightFace .bin pair set
-    skip_corrupt: bool = False  # skip and count corrupt images instead of stopping
+    source: Literal["synthetic", "insightface", "folders", "lfw"]
+    synthetic: dict[str, Any]  # fields of pipeline.data.synthetic.SyntheticSpec (validated there)
+    insightface_prefix: str | None  # e.g. /data/casia/train (train.rec / train.idx / property)
+    folders_root: str | None
+    benchmarks_bin: dict[str, str]  # name -> path of an InsightFace .bin pair set
+    skip_corrupt: bool  # skip and count corrupt images instead of stopping
     # folders: a seeded share of the persons is held out as the pair protocol `folders-heldout`
-    folders_heldout: float = Field(0.0, ge=0.0, lt=1.0)  # share of persons held out (0: train on everyone)
-    folders_pairs_per_fold: int = Field(30, ge=1)  # same pairs per fold (as many different pairs)
-    folders_folds: int = Field(10, ge=2)
-    split_seed: int = Field(0, ge=0)
+    folders_heldout: float = Field(ge=0.0, lt=1.0)  # share of persons held out (0: train on everyone)
+    folders_pairs_per_fold: int = Field(ge=1)  # same pairs per fold (as many different pairs)
+    folders_folds: int = Field(ge=2)
+    split_seed: int = Field(ge=0)
     # LFW (lfw/labels.csv, pairs_*.csv): source lfw trains on DevTrain, reports DevTest; any other source with
     # lfw_root set adds View 2 (`lfw-view2`) as an extra benchmark, since it saw no LFW person in training
-    lfw_root: str | None = None
-    lfw_min_images: int = Field(4, ge=1)  # DevTrain persons with at least this many photos are trained on
+    lfw_root: str | None
+    lfw_min_images: int = Field(ge=1)  # DevTrain persons with at least this many photos are trained on
 
 
 class AlignConfig(Section):
-    crop_size: int = Field(112, ge=32)
-    detector: Literal["none", "mtcnn"] = "none"  # landmarks for records without them (real photos)
-    face_selection: Literal["largest", "central"] = "largest"  # which face where a photo shows several
-    detect_max_side: int = Field(1024, ge=48)  # longer photos are downscaled for detection
-    min_face_size: int = Field(20, ge=12)  # MTCNN's smallest face in pixels (larger: faster)
-    fallback_crop: float = Field(1.0, gt=0.0, le=1.0)  # no face in a benchmark image: central square of this share
-    device: str = "auto"  # where the detector runs: auto | cpu | cuda | cuda:N
+    crop_size: int = Field(ge=32)
+    detector: Literal["none", "mtcnn"]  # landmarks for records without them (real photos)
+    face_selection: Literal["largest", "central"]  # which face where a photo shows several
+    detect_max_side: int = Field(ge=48)  # longer photos are downscaled for detection
+    min_face_size: int = Field(ge=12)  # MTCNN's smallest face in pixels (larger: faster)
+    fallback_crop: float = Field(gt=0.0, le=1.0)  # no face in a benchmark image: central square of this share
+    device: Device  # where the detector runs
 
 
 class CleanConfig(Section):
-    enabled: bool = True
-    method: Literal["absolute", "class_spread", "percentile"] = "class_spread"
-    threshold: float = 3.0  # absolute: cosine distance; class_spread: k std above the class mean; percentile: global %
-    min_images: int = Field(2, ge=1)  # a class keeps at least this many of its closest images
-    bootstrap_iterations: int = Field(300, ge=1)
-    bootstrap_checkpoint: str | None = None  # a model the user names instead of the bootstrap run
+    enabled: bool
+    method: Literal["absolute", "class_spread", "percentile"]
+    threshold: float  # absolute: cosine distance; class_spread: k std above the class mean; percentile: global %
+    min_images: int = Field(ge=1)  # a class keeps at least this many of its closest images
+    bootstrap_iterations: int = Field(ge=1)
+    bootstrap_checkpoint: str | None  # a model the user names instead of the bootstrap run
+
+    @model_validator(mode="after")
+    def _threshold_in_range(self) -> CleanConfig:
+        t = self.threshold
+        ok, bounds = {
+            "absolute": (0 <= t <= 2, "[0, 2]"),  # a cosine distance
+            "class_spread": (t >= 0, ">= 0"),  # class stds above the class mean
+            "percentile": (0 < t <= 100, "(0, 100]"),
+        }[self.method]
+        if not ok:
+            raise ValueError(f"clean.threshold must be in {bounds} for method {self.method!r}, got {t}")
+        return self
 
 
 class BackboneConfig(Section):
-    name: str = "mobilefacenet"
-    embedding_size: int = Field(128, ge=2)
+    name: str
+    embedding_size: int = Field(ge=2)
 
 
-CompileMode = Literal["none", "activations", "backbone"]
+CompileMode = Literal["none", "auto", "activations", "backbone"]  # auto: activations where a C++ compiler works
 
 
 class TrainConfig(Section):
-    batch_size: int = Field(64, ge=2)
-    iterations: int = Field(30000, ge=1)
-    lr: float = Field(0.1, gt=0)
-    lr_milestones: list[float] = [18 / 30, 26 / 30, 29 / 30]  # fractions of iterations (AirFace: 18k/26k/29k of 30k)
-    lr_gamma: float = 0.1
+    batch_size: int = Field(ge=2)
+    iterations: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    lr_milestones: list[float]  # fractions of iterations (AirFace: 18k/26k/29k of 30k)
+    lr_gamma: float = Field(gt=0, le=1)  # lr factor at each milestone
     warmup_iterations: int = Field(0, ge=0)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    embedding_wd_mult: float = 10.0  # Table 2's wdml10
-    scale: float = 64.0
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    channels_last: bool = True
-    flip_augment: bool = True
-    num_workers: int = Field(0, ge=0)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    log_every: int = Field(20, ge=1)
-    curve_every: int = Field(0, ge=0)  # protocol accuracy every N steps for the curves (0: off)
-    curve_pairs: int = Field(600, ge=10)  # pairs per protocol used for the curves
-    checkpoint_every: int = Field(100, ge=1)
-    grad_clip: float | None = None
+    momentum: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    embedding_wd_mult: float = Field(ge=0)  # Table 2's wdml10
+    scale: float = Field(gt=0)
+    amp: Literal["none", "bf16", "fp16"]
+    channels_last: bool
+    flip_augment: bool
+    num_workers: int = Field(ge=0)
+    device: Device
+    log_every: int = Field(ge=1)
+    curve_every: int = Field(ge=0)  # protocol accuracy every N steps for the curves (0: off)
+    curve_pairs: int = Field(ge=10)  # pairs per protocol used for the curves
+    checkpoint_every: int = Field(ge=1)
+    grad_clip: float | None = Field(None, gt=0)
     # torch.compile (inductor; needs a C++ compiler on CPU): none, the PReLU activations only, or the whole backbone
-    compile: CompileMode = "none"
+    compile: CompileMode
     # under torchrun (docs/scale-out.md): class centres split over the ranks, and the share of each rank's
     # negative centres scored per step (PartialFC-style sampling; 1.0: all)
     shard_head: bool = False
@@ -104,50 +131,49 @@ class RowConfig(Section):
     head: str
     margins: dict[str, float | str] = Field(default_factory=dict)
     init: Literal["scratch", "pretrain"] = "scratch"
-    weight_decay: float | None = None  # overrides train.weight_decay
-    embedding_wd_mult: float | None = None  # overrides train.embedding_wd_mult
+    weight_decay: float | None = Field(None, ge=0)  # overrides train.weight_decay
+    embedding_wd_mult: float | None = Field(None, ge=0)  # overrides train.embedding_wd_mult
     cleaned: bool = True  # False: trained on every image, cleaning ignored (the "without cleaning" comparison)
     paper: dict[str, float] = Field(default_factory=dict)  # the published figures, benchmark -> %
 
 
 class PretrainConfig(Section):
-    label: str = "N-Softmax"
-    tables: list[str] = ["table3"]
-    head: str = "nsoftmax"
+    label: str
+    tables: list[str]
+    head: str
     margins: dict[str, float | str] = Field(default_factory=dict)
-    paper: dict[str, float] = Field(default_factory=dict)
+    paper: dict[str, float]
 
 
 class DistillConfig(Section):
-    enabled: bool = True
-    teacher_backbone: str = "airface"
-    teacher_embedding_size: int = 512
-    teacher_head: str = "li_arcface"
-    teacher_margins: dict[str, float | str] = Field(default_factory=lambda: {"m": 0.4})
-    teacher_iterations: int | None = None  # default: train.iterations
+    enabled: bool
+    teacher_backbone: str
+    teacher_embedding_size: int = Field(ge=2)
+    teacher_head: str
+    teacher_margins: dict[str, float | str]
+    teacher_iterations: int | None = Field(ge=1)  # null: train.iterations
     # linear lr warm-up of the teacher alone (the margin rows keep the paper's schedule; README, distillation)
-    teacher_warmup_iterations: int = Field(0, ge=0)
-    student_row: str = "li_arcface_m040"  # the plain student this is compared with (same head and margins)
-    weight: float = Field(1.0, ge=0)  # feature distillation weight beside the margin loss
+    teacher_warmup_iterations: int = Field(ge=0)
+    student_row: str  # the plain student this is compared with (same head and margins)
+    weight: float = Field(ge=0)  # feature distillation weight beside the margin loss
 
 
 class EvaluateConfig(Section):
-    flip: bool = True
-    batch_size: int = Field(256, ge=1)
-    folds: int = Field(10, ge=2)
-    fars: list[float] = [1e-2, 1e-3, 1e-4]
-    alpha: float = 0.05
-    bootstrap: int = Field(2000, ge=100)
+    flip: bool
+    batch_size: int = Field(ge=1)
+    folds: int = Field(ge=2)
+    fars: list[Share] = Field(min_length=1)  # false accept rates of the TAR@FAR columns
+    alpha: Share  # significance level
 
 
 class TrackingConfig(Section):
-    enabled: bool = True
-    uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db
+    enabled: bool
+    uri: str | None  # null: MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db
 
 
 class Config(Section):
     profile: str
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
     data: DataConfig
     align: AlignConfig
     clean: CleanConfig
@@ -190,15 +216,30 @@ def resolve(raw: dict[str, Any], profile: str | None = None, source: str = "para
     """Merge `profiles[profile]` over the base sections and validate; errors name the parameter."""
     raw = copy.deepcopy(raw)
     profiles = raw.pop("profiles", {}) or {}
+    if not isinstance(profiles, dict):
+        raise ValueError(f"{source}: profiles must be a mapping of name -> sections, got {type(profiles).__name__}")
     chosen = profile or raw.get("profile", "cpu")
+    if not isinstance(chosen, str):
+        raise ValueError(f"{source}: profile must be a profile name (a string), got {chosen!r}")
     if chosen not in profiles:
         raise ValueError(f"{source}: profile {chosen!r} is not defined under profiles (known: {', '.join(profiles)})")
-    merged = deep_merge(raw, profiles[chosen] or {})
+    overrides = profiles[chosen] or {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{source}: profiles.{chosen} must be a mapping of sections, got {type(overrides).__name__}")
+    merged = deep_merge(raw, overrides)
     merged["profile"] = chosen
     try:
         return Config.model_validate(merged)
     except ValidationError as error:
-        raise ValueError(f"{source}: invalid parameters for profile {chosen!r}:\n{error}") from None
+        problems = "; ".join(_problem(e) for e in error.errors(include_url=False))
+        raise ValueError(f"{source}: invalid parameters for profile {chosen!r}: {problems}") from None
+
+
+def _problem(error: Any) -> str:
+    """One pydantic error as `section.field: message (got value)`, the value cut to keep the line short."""
+    got = repr(error["input"])
+    got = got if len(got) <= 60 else got[:57] + "..."
+    return f"{'.'.join(map(str, error['loc']))}: {error['msg']} (got {got})" if error["loc"] else error["msg"]
 
 
 def load(path: str | Path | None = None, profile: str | None = None) -> Config:
@@ -206,7 +247,13 @@ def load(path: str | Path | None = None, profile: str | None = None) -> Config:
     if not path.is_file():
         raise FileNotFoundError(f"parameters file {path} does not exist")
     with open(path, encoding="utf-8") as handle:
-        raw = yaml.safe_load(handle)
+        try:
+            raw = yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ValueError(f"{where}: YAML syntax error: {problem}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return resolve(raw, profile, source=str(path))

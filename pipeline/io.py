@@ -5,6 +5,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,7 +21,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    sweep_staging(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp", dir=target.parent))
     staged = tmp / target.name
     try:
         yield staged
@@ -31,6 +33,36 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(staged, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sweep_staging(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove the staging folders a killed writer of `target` left beside it; return them.
+
+    Only `.NAME.PID-XXXXXXXX.tmp` folders of this target whose process is gone (and the older `.NAME.XXXXXXXX.tmp`
+    without a PID) are removed: a live writer's staging folder, or anything else, is left alone.
+    """
+    target = Path(target)
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:(\d+)-)?[a-z0-9_]{{8}}\.tmp")
+    swept = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in target.parent.iterdir():
+            found = pattern.fullmatch(entry.name)
+            if found and entry.is_dir() and not entry.is_symlink() and not _alive(found[1]):
+                shutil.rmtree(entry, ignore_errors=True)
+                swept.append(entry)
+    return swept
+
+
+def _alive(pid: str | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process, or not a PID we can check: keep its folder
+    return True
 
 
 def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> None:

@@ -88,7 +88,10 @@ def test_train_recipe_hands_the_recipe_warmup_to_the_engine(monkeypatch, raw):
     raw["distill"]["teacher_warmup_iterations"] = 40
     cfg = config.resolve(raw, "cpu")
     cfg = cfg.model_copy(
-        update={"tracking": config.TrackingConfig(enabled=False), "train": cfg.train.model_copy(update={"curve_every": 0})}
+        update={
+            "tracking": cfg.tracking.model_copy(update={"enabled": False}),
+            "train": cfg.train.model_copy(update={"curve_every": 0}),
+        }
     )
     seen = {}
 
@@ -102,3 +105,131 @@ def test_train_recipe_hands_the_recipe_warmup_to_the_engine(monkeypatch, raw):
     with pytest.raises(RuntimeError, match="stop here"):
         runs.train_recipe(cfg, runs.Paths(root=Path("/nonexistent")), TEACHER, 0)
     assert seen["train"].warmup_iterations == 40 and seen["train"].iterations == cfg.train.iterations
+
+
+# --- issue 14, finding 7: bounds, strict types, device names, one-line errors ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "section, field, value",
+    [
+        ("train", "lr", float("inf")),
+        ("train", "lr", float("nan")),
+        ("train", "iterations", True),
+        ("train", "batch_size", "64"),
+        ("train", "lr", True),
+        ("train", "lr_gamma", -0.1),
+        ("train", "lr_gamma", 0.0),
+        ("train", "lr_gamma", 1.5),
+        ("train", "momentum", 1.0),
+        ("train", "momentum", -0.1),
+        ("train", "weight_decay", -1e-4),
+        ("train", "embedding_wd_mult", -1.0),
+        ("train", "scale", 0.0),
+        ("train", "grad_clip", -1.0),
+        ("evaluate", "alpha", 0.0),
+        ("evaluate", "alpha", 1.0),
+        ("evaluate", "fars", [0.01, 1.5]),
+        ("evaluate", "fars", [0.0]),
+        ("evaluate", "fars", []),
+        ("evaluate", "folds", 1),
+        ("distill", "weight", float("nan")),
+        ("distill", "teacher_embedding_size", 0),
+        ("distill", "teacher_iterations", 0),
+        ("clean", "threshold", -1.0),
+        ("align", "crop_size", 48.0),
+        ("data", "skip_corrupt", "yes"),
+    ],
+)
+def test_numeric_parameters_are_bounded_finite_and_strictly_typed(raw, section, field, value):
+    bad = copy.deepcopy(raw)
+    bad["profiles"]["cpu"].setdefault(section, {})[field] = value  # the profile's value wins
+    with pytest.raises(ValueError, match=rf"{section}\.{field}"):
+        config.resolve(bad, "cpu")
+
+
+def test_seeds_and_row_overrides_are_bounded(raw):
+    for path, value in ((("seeds",), [-1]), (("rows", "cosface", "weight_decay"), -1e-4)):
+        bad = copy.deepcopy(raw)
+        bad["profiles"]["cpu"].pop("seeds")
+        node = bad
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        with pytest.raises(ValueError, match=path[0]):
+            config.resolve(bad, "cpu")
+
+
+def test_clean_threshold_is_checked_per_method(raw):
+    for method, threshold in (("absolute", 2.5), ("percentile", 0.0), ("percentile", 101.0)):
+        bad = copy.deepcopy(raw)
+        bad["clean"].update(method=method, threshold=threshold)
+        with pytest.raises(ValueError, match="clean.threshold"):
+            config.resolve(bad, "cpu")
+
+
+@pytest.mark.parametrize("section", ["train", "align"])
+def test_device_names_are_checked(raw, section):
+    for name in ("gpu", "cuda0", "cuda:x", "CPU", ""):
+        bad = copy.deepcopy(raw)
+        bad["profiles"]["cpu"].setdefault(section, {})["device"] = name
+        with pytest.raises(ValueError, match=rf"{section}\.device"):
+            config.resolve(bad, "cpu")
+    for name in ("auto", "cpu", "cuda", "cuda:1"):
+        good = copy.deepcopy(raw)
+        good["profiles"]["cpu"].setdefault(section, {})["device"] = name
+        assert getattr(config.resolve(good, "cpu"), section).device == name
+
+
+def test_a_bad_profile_structure_is_one_value_error(raw):
+    cases = []
+    bad = copy.deepcopy(raw)
+    bad["profile"] = 3
+    cases.append((bad, "profile must be a profile name"))
+    bad = copy.deepcopy(raw)
+    bad["profile"] = ["cpu"]
+    cases.append((bad, "profile must be a profile name"))
+    bad = copy.deepcopy(raw)
+    bad["profiles"]["cpu"] = ["train"]
+    cases.append((bad, "profiles.cpu must be a mapping"))
+    bad = copy.deepcopy(raw)
+    bad["profiles"] = ["cpu"]
+    cases.append((bad, "profiles must be a mapping"))
+    for params, message in cases:
+        with pytest.raises(ValueError, match=message):
+            config.resolve(params, source="params.yaml")
+
+
+def test_validation_errors_are_one_line(raw):
+    bad = copy.deepcopy(raw)
+    bad["train"].update(lr=-1.0, momentum=2.0)
+    with pytest.raises(ValueError) as caught:
+        config.resolve(bad, "cpu")
+    message = str(caught.value)
+    assert "\n" not in message and "train.lr" in message and "train.momentum" in message
+
+
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("profile: cpu\ntrain:\n  lr: [0.1\n  momentum: 0.9\n")
+    with pytest.raises(ValueError, match=rf"{tmp_path}.*params\.yaml:\d+:\d+: YAML syntax error") as caught:
+        config.load(path)
+    assert "\n" not in str(caught.value)
+
+
+# --- issue 14: one source of truth for defaults, no unused parameters -----------------------------------------------
+
+
+def test_params_yaml_is_the_one_source_of_defaults(raw):
+    """A field params.yaml sets in a base section has no second default in config.py."""
+    for section, value in raw.items():
+        if section in ("profile", "profiles", "rows") or not isinstance(value, dict):
+            continue
+        model = config.Config.model_fields[section].annotation
+        assert set(value) <= set(model.model_fields), section
+        with_default = sorted(name for name in value if not model.model_fields[name].is_required())
+        assert not with_default, f"{section}: {with_default} also have a default in config.py"
+
+
+def test_unused_parameters_are_gone():
+    assert "bootstrap" not in config.EvaluateConfig.model_fields

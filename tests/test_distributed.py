@@ -18,7 +18,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import TensorDataset
 
-from pipeline import heads, models
+from pipeline import config, heads, models
 from pipeline.config import TrainConfig
 from pipeline.heads.sharded import ShardedMarginHead, init_centres
 from pipeline.train import checkpoint, distributed
@@ -285,6 +285,11 @@ class NoNormNet(torch.nn.Module):
 ENGINE_STEPS = 5  # 2.5 epochs of 40 images in global batches of 16
 
 
+def train_config(**fields) -> TrainConfig:
+    """params.yaml's cpu train section (the one source of defaults), curves off, with the test's fields."""
+    return TrainConfig(**{**config.load(profile="cpu").train.model_dump(), "curve_every": 0, **fields})
+
+
 def engine_job(mode: str, ctx: DistContext | None, lr: float = LR) -> TrainJob:
     """The same job for any number of processes; `mode` sharded splits the centres over the ranks."""
     if mode == "sharded":
@@ -294,7 +299,7 @@ def engine_job(mode: str, ctx: DistContext | None, lr: float = LR) -> TrainJob:
         head = heads.build("li_arcface", EMB, CLASSES, s=16.0)
         with torch.no_grad():
             head.weight.copy_(init_centres(CLASSES, EMB, 0, CLASSES, SEED))
-    cfg = TrainConfig(
+    cfg = train_config(
         batch_size=GLOBAL_BATCH, iterations=ENGINE_STEPS, lr=lr, checkpoint_every=2, log_every=1, device="cpu"
     )
     return TrainJob("ddp", NoNormNet(), head, cfg, seed=SEED, weight_decay=5e-4, embedding_wd_mult=10.0,

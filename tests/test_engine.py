@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from pipeline import heads, models
+from pipeline import config, heads, models
 from pipeline.config import TrainConfig
 from pipeline.train import checkpoint
 from pipeline.train.engine import TrainJob, distillation_loss, train
@@ -23,11 +23,16 @@ def tiny_dataset(n=48, classes=4, seed=0):
     return TensorDataset(images, labels)
 
 
+def train_config(**fields) -> TrainConfig:
+    """params.yaml's cpu train section (the one source of defaults), curves off, with the test's fields."""
+    return TrainConfig(**{**config.load(profile="cpu").train.model_dump(), "curve_every": 0, **fields})
+
+
 def make_job(iterations=8, seed=3, head="li_arcface", lr=0.05, **train_overrides):
     torch.manual_seed(seed)
     backbone = models.build("mobilefacenet", embedding_size=16, input_size=SIZE)
     margin_head = heads.build(head, 16, 4, s=16.0)
-    cfg = TrainConfig(
+    cfg = train_config(
         batch_size=8, iterations=iterations, lr=lr, checkpoint_every=2, log_every=1, device="cpu", **train_overrides
     )
     return TrainJob("tiny", backbone, margin_head, cfg, seed=seed, weight_decay=5e-4, embedding_wd_mult=10.0,

@@ -152,11 +152,11 @@ def test_skip_corrupt_lists_a_broken_training_photo(fake_lfw, tmp_path):
 
 
 def test_prepare_raw_lfw_source(fake_lfw, tmp_path):
-    summary = prepare_raw(DataConfig(source="lfw", lfw_root=str(fake_lfw), lfw_min_images=4), tmp_path / "raw")
+    summary = prepare_raw(data_config(source="lfw", lfw_root=str(fake_lfw), lfw_min_images=4), tmp_path / "raw")
     assert summary["source"] == "lfw"
     assert sorted(p.name for p in (tmp_path / "raw" / "benchmarks").iterdir()) == [lfw.DEVTEST]
     with pytest.raises(ValueError, match="data.lfw_root"):
-        prepare_raw(DataConfig(source="lfw"), tmp_path / "raw2")
+        prepare_raw(data_config(source="lfw", lfw_root=None), tmp_path / "raw2")
     assert not (tmp_path / "raw2").exists()
 
 
@@ -170,6 +170,11 @@ def test_a_synthetic_model_also_gets_view2(fake_lfw, tmp_path):
 
 def yaml_profile_data(profile: str) -> dict:
     return config.load(profile=profile).data.model_dump()
+
+
+def data_config(**fields) -> DataConfig:
+    """params.yaml's smoke data section (the one source of defaults) with the test's fields."""
+    return DataConfig(**{**yaml_profile_data("smoke"), **fields})
 
 
 # --- held-out persons for the folders job --------------------------------------------------------------------------
@@ -275,12 +280,12 @@ def test_folders_job_on_lfw_photos_ingests_detects_aligns_and_holds_out(tmp_path
         for image in sorted(labels.loc[labels["identity"] == person, "image"])[:4]:
             (tmp_path / "photos" / person).mkdir(parents=True, exist_ok=True)
             (tmp_path / "photos" / person / Path(image).name).write_bytes((root / image).read_bytes())
-    data = DataConfig(source="folders", folders_root=str(tmp_path / "photos"), folders_heldout=0.34,
+    data = data_config(source="folders", folders_root=str(tmp_path / "photos"), folders_heldout=0.34,
                       folders_pairs_per_fold=2, folders_folds=2, split_seed=0)
     report = prepare_raw(data, tmp_path / "raw")
     assert len(report[HELDOUT_PROTOCOL]["persons"]) == 2 and report["images"] == 16
-    cfg = AlignConfig(crop_size=48, detector="mtcnn", face_selection="central", min_face_size=40, fallback_crop=0.6,
-                      device="cpu")
+    cfg = AlignConfig(**{**config.load(profile="cpu").align.model_dump(), "crop_size": 48, "detector": "mtcnn",
+                         "face_selection": "central", "min_face_size": 40, "fallback_crop": 0.6, "device": "cpu"})
     summary = align_dataset(tmp_path / "raw", tmp_path / "aligned", 48, detector=detector_from_config(cfg),
                             fallback_crop=cfg.fallback_crop)
     bench = summary["benchmarks"][HELDOUT_PROTOCOL]

@@ -68,3 +68,39 @@ def test_synthesize_is_deterministic(tmp_path, smoke_params):
     for part in sorted((first.raw).rglob("*.parquet")):
         twin = second.raw / part.relative_to(first.raw)
         assert part.read_bytes() == twin.read_bytes(), part
+
+
+# --- issue 14, finding 5: params are checked by a fast stage that writes a constant marker --------------------------
+
+
+def run_validate(path):
+    return subprocess.run(
+        [sys.executable, "-m", "stages.validate", "--params", str(path)],
+        capture_output=True, text=True, cwd=config.PROJECT_ROOT, timeout=60,
+    )
+
+
+def test_validate_fails_with_one_line_and_writes_nothing(tmp_path, smoke_params):
+    path, raw = smoke_params
+    raw["train"]["lr_gamma"] = -0.1
+    path.write_text(yaml.safe_dump(raw))
+    result = run_validate(path)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("stage validate failed: ")
+    assert "train.lr_gamma" in result.stderr
+    path.write_text("profile: smoke\ntrain: [unclosed\n")
+    result = run_validate(path)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "YAML syntax error" in result.stderr
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_validate_writes_a_constant_marker(tmp_path, smoke_params):
+    path, raw = smoke_params
+    marker = tmp_path / "reports" / "params_valid.txt"
+    assert run_validate(path).returncode == 0
+    first = marker.read_bytes()
+    raw["train"]["lr"] = 0.05
+    path.write_text(yaml.safe_dump(raw))
+    assert run_validate(path).returncode == 0
+    assert marker.read_bytes() == first == b"params.yaml valid\n"
+    assert sorted(p.name for p in marker.parent.iterdir()) == ["params_valid.txt"]
