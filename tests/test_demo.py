@@ -7,6 +7,7 @@ it skips where they are absent, except under CI (CI set), where it fails instead
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -17,8 +18,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,8 @@ from pipeline.data.images import encode_png
 from pipeline.data.lfw import lfw_root_from_env
 from pipeline.data.records import FaceRecord, write_benchmark
 from pipeline.data.synthetic import make_identity, neutral, render
+from pipeline.demo import app as demo_app
+from pipeline.demo import verify as demo_verify
 from pipeline.demo.verify import (
     DemoError, NoFaceError, Verifier, build_verifier, default_checkpoint, load_model, photo_detector,
 )
@@ -230,7 +235,7 @@ def test_api_answers_errors_as_json(verifier):
 
     from pipeline.demo.app import create_app
 
-    client = TestClient(create_app(verifier))
+    client = TestClient(create_app(verifier), base_url="http://127.0.0.1:8765")
     assert client.get("/api/model").json()["threshold"] == verifier.threshold.value
     assert 'id="verify"' in client.get("/").text
     grey = base64.b64encode(png(np.full((120, 120, 3), 90, np.uint8))).decode()
@@ -240,6 +245,113 @@ def test_api_answers_errors_as_json(verifier):
     reply = client.post("/api/verify", json={"photo_a": {"name": "a.png", "data": grey},
                                              "photo_b": {"name": "b.png", "data": grey}})
     assert reply.status_code == 422 and reply.json()["error"].startswith("no face found in photo A (a.png)")
+
+
+def client_for(verifier: Verifier, host: str):
+    from fastapi.testclient import TestClient
+
+    return TestClient(demo_app.create_app(verifier), base_url=f"http://{host}")
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A PNG of a few hundred bytes whose header declares width x height (its pixel data is never reached)."""
+    data = bytearray(png(np.zeros((8, 8, 3), np.uint8)))
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")  # IHDR: width, height ...
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # ... and its checksum
+    return bytes(data)
+
+
+def test_only_requests_naming_this_machine_are_answered(verifier):
+    for host in ("127.0.0.1:8765", "localhost:9000", "127.0.0.1"):
+        assert client_for(verifier, host).get("/api/model").status_code == 200, host
+    for host in ("attacker.example:8765", "127.0.0.1.attacker.example", "192.168.1.20:8765"):  # DNS rebinding
+        reply = client_for(verifier, host).post("/api/verify", json={})
+        assert reply.status_code == 400 and "host" in reply.text.lower(), host
+
+
+def test_a_photo_over_the_pixel_cap_is_refused_from_its_header(verifier, monkeypatch):
+    data = huge_png(12000, 12000)
+    assert len(data) < 1000
+
+    def no_decoding(data: bytes, where: str) -> np.ndarray:
+        raise AssertionError(f"{where} was decoded")
+
+    monkeypatch.setattr(demo_verify, "decode_image", no_decoding)
+    with pytest.raises(DemoError, match=r"photo A \(big.png\) is 12000x12000 px; the limit is 50 megapixels"):
+        verifier.decode(data, "photo A (big.png)")
+    encoded = base64.b64encode(data).decode()
+    reply = client_for(verifier, "127.0.0.1:8765").post(
+        "/api/verify", json={"photo_a": {"name": "a.png", "data": encoded}, "photo_b": {"name": "big.png", "data": encoded}}
+    )
+    assert reply.status_code == 422 and reply.json()["error"].startswith("photo A (a.png) is 12000x12000 px")
+
+
+def test_an_oversized_body_is_refused_by_its_length_before_json_parsing(verifier, monkeypatch):
+    monkeypatch.setattr(demo_app, "MAX_BODY_BYTES", 1000)
+    client = client_for(verifier, "127.0.0.1:8765")
+    reply = client.post("/api/verify", content=b"{" * 1001, headers={"content-type": "application/json"})
+    assert reply.status_code == 413 and "declares '1001' bytes; the limit is 1000 bytes" in reply.json()["error"]
+    reply = client.post("/api/verify", content=b"{" * 1000, headers={"content-type": "application/json"})
+    assert reply.status_code == 422  # within the limit: parsed (and refused as JSON)
+
+
+def test_a_body_without_a_length_is_refused_while_it_arrives():
+    """Chunked bodies carry no Content-Length: the limit holds while reading, and what follows is never read."""
+    reached, chunks_read = [], []
+
+    async def app(scope, receive, send) -> None:
+        reached.append(scope["path"])
+
+    async def receive() -> dict:
+        chunks_read.append(len(chunks_read))
+        return {"type": "http.request", "body": b"x" * 400, "more_body": True}  # an endless body
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/verify", "headers": [(b"transfer-encoding", b"chunked")]}
+    asyncio.run(demo_app.BodyLimit(app, limit=1000)(scope, receive, send))
+    assert reached == [] and len(chunks_read) == 3  # refused on the chunk that ran past 1000 bytes
+    assert sent[0]["status"] == 413 and b"runs past 1000 bytes" in sent[1]["body"]
+
+
+def test_photos_are_decoded_outside_the_model_lock(verifier, monkeypatch):
+    pixels, landmarks = synthetic_photo(42)
+    judge = with_detector(verifier, landmarks)
+    decoded, both = [], threading.Event()
+
+    def decode(data: bytes, where: str) -> np.ndarray:
+        decoded.append(where)
+        if len(decoded) == 2:
+            both.set()
+        return Verifier.decode(data, where)
+
+    monkeypatch.setattr(judge, "decode", decode)
+    results = []
+    with judge._lock:  # another request busy with the model
+        worker = threading.Thread(target=lambda: results.append(judge.verify(png(pixels), "A", png(pixels), "B")))
+        worker.start()
+        assert both.wait(timeout=30), "the photos were not decoded while the model was busy"
+    worker.join(timeout=120)
+    assert decoded == ["A", "B"] and results[0].similarity == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("port, message", [("0", "--port 0 is outside the TCP port range 1..65535"),
+                                           ("65536", "--port 65536 is outside"), ("http", "--port 'http' is not a number")])
+def test_port_is_checked(port, message, capsys):
+    assert demo_app.arguments(["--port", "8080"]).port == 8080
+    with pytest.raises(SystemExit):
+        demo_app.arguments(["--port", port])
+    assert message in capsys.readouterr().err
+
+
+def test_scripts_demo_refuses_a_bad_port_before_loading_anything():
+    done = subprocess.run(["bash", "scripts/demo", "--port", "99999"], cwd=config.PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "--port 99999 is outside the TCP port range 1..65535" in done.stderr
+    assert "loading the model" not in done.stderr
 
 
 # --- the page in a real browser ----------------------------------------------------------------------------------

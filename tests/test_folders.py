@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import io
+import logging
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +12,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from pipeline.data import images as img
-from pipeline.data.folders import folders_to_records, label_map, scan_folders
+from pipeline.data.folders import IMAGE_SUFFIXES, check_jpeg_scans, folders_to_records, label_map, scan_folders
 from pipeline.data.records import iter_records
 
 ORIENTATION = 0x0112
@@ -176,7 +179,7 @@ def make_tree(root: Path) -> dict[str, bytes]:
 
 def test_scan_folders_is_sorted_and_case_insensitive(tmp_path):
     make_tree(tmp_path)
-    items = scan_folders(tmp_path)
+    items = scan_folders(tmp_path).items
     assert [(p.relative_to(tmp_path).as_posix(), name) for p, name in items] == [
         ("amy/c.jpeg", "amy"),
         ("zoe/a.png", "zoe"),
@@ -189,7 +192,7 @@ def test_labels_follow_names_not_creation_order(tmp_path):
     for name in ["delta", "bravo", "charlie", "alpha"]:
         (tmp_path / name).mkdir()
         (tmp_path / name / "1.png").write_bytes(rgb_png(0))
-    assert label_map(scan_folders(tmp_path)) == {"alpha": 0, "bravo": 1, "charlie": 2, "delta": 3}
+    assert label_map(scan_folders(tmp_path).items) == {"alpha": 0, "bravo": 1, "charlie": 2, "delta": 3}
 
 
 def test_scan_errors_are_clear(tmp_path):
@@ -264,3 +267,104 @@ def test_corrupt_file_raises_or_is_skipped(tmp_path):
     assert report["images"] == 2 and report["labels"] == {"amy": 0, "bob": 1, "zoe": 2}
     assert report["empty_labels"] == [1]  # bob's label is taken but no image of his was kept
     assert [r.source for r in iter_records(tmp_path / "records")] == ["amy/c.jpeg", "zoe/b.JPG"]
+
+
+def test_every_format_pillow_reads_is_ingested(tmp_path):
+    """The classic face databases ship as PGM (AT&T/ORL, Yale); BMP, TIFF and WebP turn up too."""
+    assert {".pgm", ".ppm", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jpg", ".png"} <= IMAGE_SUFFIXES
+    assert ".pdf" not in IMAGE_SUFFIXES  # Pillow writes PDF but cannot read it
+    grey = pixels(30)[:, :, 0]
+    colour = pixels(31)
+    files = {
+        "s1/1.pgm": (encode(Image.fromarray(grey, mode="L"), "PPM"), np.repeat(grey[:, :, None], 3, axis=2)),
+        "s1/2.bmp": (encode(Image.fromarray(colour), "BMP"), colour),
+        "s2/3.TIF": (encode(Image.fromarray(colour), "TIFF"), colour),
+        "s2/4.webp": (encode(Image.fromarray(colour), "WEBP", lossless=True), colour),
+    }
+    for name, (data, _) in files.items():
+        (tmp_path / "root" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "root" / name).write_bytes(data)
+    report = folders_to_records(tmp_path / "root", tmp_path / "records")
+    assert report["images"] == 4 and report["ignored"] == [] and report["skipped"] == []
+    for record in iter_records(tmp_path / "records"):
+        assert record.image.startswith(b"\x89PNG")  # stored as PNG of the decoded RGB pixels
+        np.testing.assert_array_equal(img.decode_image(record.image, record.source), files[record.source][1])
+
+
+def test_every_entry_not_ingested_is_named_with_its_reason(tmp_path, caplog):
+    make_tree(tmp_path / "root")
+    (tmp_path / "root" / "amy" / ".DS_Store").write_bytes(b"x")
+    (tmp_path / "root" / "amy" / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    with caplog.at_level(logging.WARNING, logger="facerepro.data"):
+        report = folders_to_records(tmp_path / "root", tmp_path / "records")
+    assert report["ignored"] == [
+        {"source": ".cache", "reason": "hidden"},
+        {"source": "stray.png", "reason": "not inside a person folder"},
+        {"source": "amy/.DS_Store", "reason": "hidden"},
+        {"source": "amy/dangling.jpg", "reason": "not a regular file"},
+        {"source": "amy/sub", "reason": "a folder inside a person folder (only root/<person>/* is read)"},
+        {"source": "zoe/notes.txt", "reason": "suffix '.txt' is no image format Pillow reads"},
+    ]
+    assert report["images"] == 3
+    [line] = [r.getMessage() for r in caplog.records if "not ingested" in r.getMessage()]
+    assert "6 entries not ingested" in line and "stray.png (not inside a person folder)" in line and "1 more" in line
+
+
+def garbled_jpeg() -> bytes:
+    """A JPEG with random bytes written over part of its scan that Pillow (libjpeg) decodes without an error."""
+    y, x = np.mgrid[0:96, 0:128]
+    array = np.stack([x * 2 % 256, y * 2 % 256, (x + y) % 256], -1).astype(np.uint8)
+    data = bytearray(encode(Image.fromarray(array), "JPEG", quality=90))
+    start = data.find(b"\xff\xda") + (len(data) - data.find(b"\xff\xda")) // 2
+    data[start:start + 64] = bytes((37 * i + 11) % 251 for i in range(64))  # no 0xff: no marker is faked
+    with Image.open(io.BytesIO(bytes(data))) as image:
+        image.load()  # no error: the very gap this check fills
+    return bytes(data)
+
+
+def test_jpeg_with_garbage_mid_scan_is_refused_or_skipped_naming_the_file(tmp_path):
+    files = make_tree(tmp_path / "root")
+    (tmp_path / "root" / "zoe" / "b.JPG").write_bytes(garbled_jpeg())
+    with pytest.raises(img.CorruptImageError, match=r"root/zoe/b\.JPG: cannot decode image \(corrupt JPEG data: "):
+        folders_to_records(tmp_path / "root", tmp_path / "records")
+    assert not (tmp_path / "records").exists()
+    report = folders_to_records(tmp_path / "root", tmp_path / "records", skip_corrupt=True)
+    assert [s["source"] for s in report["skipped"]] == ["zoe/b.JPG"] and report["images"] == 2
+    assert "corrupt JPEG data" in report["skipped"][0]["error"]
+    assert files["amy/c.jpeg"] in [r.image for r in iter_records(tmp_path / "records")]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"quality": 90}, {"subsampling": 0}, {"subsampling": 1}, {"optimize": True}, {"progressive": True},
+     {"restart_marker_blocks": 3}, {"restart_marker_rows": 1, "subsampling": 0}],
+)
+@pytest.mark.parametrize("shape", [(6, 10, 3), (101, 67, 3), (33, 47)])
+def test_valid_jpegs_pass_the_scan_check(options, shape):
+    array = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    check_jpeg_scans(encode(Image.fromarray(array), "JPEG", **options), "fine.jpg")
+
+
+def test_jpeg_scan_check_names_what_is_wrong():
+    data = encode(Image.fromarray(pixels(40, 64, 64)), "JPEG", quality=90)
+    with pytest.raises(img.CorruptImageError, match=r"^cut\.jpg: .*ends before its end-of-image marker"):
+        check_jpeg_scans(data[:-2], "cut.jpg")
+    with pytest.raises(img.CorruptImageError, match=r"^long\.jpg: .*(bytes of scan 1 left|bad Huffman code)"):
+        check_jpeg_scans(data[:-2] + bytes(40) + data[-2:], "long.jpg")  # bytes after the last block
+    restarted = encode(Image.fromarray(pixels(41, 64, 64)), "JPEG", restart_marker_blocks=2)
+    first = restarted.find(b"\xff\xd0")
+    swapped = restarted[:first + 1] + b"\xd3" + restarted[first + 2:]
+    with pytest.raises(img.CorruptImageError, match=r"^rst\.jpg: .*restart marker 1 is out of sequence"):
+        check_jpeg_scans(swapped, "rst.jpg")
+
+
+@pytest.mark.parametrize("created, named", [(b"amy/caf\xe9.jpg", b"amy/caf\xe9.jpg"), (b"Ren\xe9/1.png", b"Ren\xe9")])
+def test_a_name_that_is_not_utf8_is_refused_naming_it(tmp_path, created, named):
+    root = tmp_path / "root"
+    make_tree(root)
+    path = root / os.fsdecode(created)  # a Latin-1 name, as old archives unpack
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(rgb_png(50))
+    with pytest.raises(ValueError, match=re.escape(repr(os.fsencode(root) + b"/" + named)) + " is not UTF-8; rename it"):
+        folders_to_records(root, tmp_path / "records")
+    assert not (tmp_path / "records").exists()

@@ -489,6 +489,64 @@ def test_bin_structure_errors_are_named(tmp_path):
         ins.read_bin(path)
 
 
+def cyclic_bin() -> bytes:
+    images: list = [b"x"]
+    images.append(images)  # the image list holds itself
+    return pickle.dumps((images, [True]), protocol=4)
+
+
+def shared_bin() -> bytes:
+    nested: list = [b"x"]
+    for _ in range(64):  # 2**64 leaves when walked as a tree, a few hundred bytes as a pickle
+        nested = [nested, nested]
+    return pickle.dumps(([nested, b"y"], [True]), protocol=4)
+
+
+@pytest.mark.parametrize("payload, where", [(cyclic_bin, r"\[0\]\[1\]"), (shared_bin, r"\[0\]\[0\](\[\d\])+")])
+def test_cyclic_and_shared_lists_in_a_bin_are_refused(tmp_path, payload, where):
+    path = tmp_path / "loop.bin"
+    path.write_bytes(payload())
+    assert path.stat().st_size < 1024
+    with pytest.raises(ins.UnsafePickleError, match=rf"loop\.bin: the list at {where} is reached twice \(a cyclic or shared"):
+        ins.read_bin(path)
+    with pytest.raises(ins.UnsafePickleError, match=r"loop\.bin"):
+        ins.bin_to_benchmark(path, tmp_path / "bench")
+    assert not (tmp_path / "bench").exists()
+
+
+def test_a_few_bytes_of_self_referencing_pickle_are_refused(tmp_path):
+    path = tmp_path / "tiny.bin"
+    path.write_bytes(b"\x80\x02]q\x00h\x00a]q\x01\x88a\x86q\x02.")  # ([<itself>], [True]), packed by hand
+    with pytest.raises(ins.UnsafePickleError, match=r"tiny\.bin: the list at \[0\]\[0\] is reached twice"):
+        ins.load_bin_payload(path)
+
+
+def test_shared_images_and_empty_containers_still_load(tmp_path):
+    image = png(0)
+    path = tmp_path / "shared.bin"
+    ins.write_bin(path, [image, image, image, png(1)], [True, False])
+    assert len(path.read_bytes()) < 2 * len(image) + len(png(1)) + 100  # the pickle refers back to the one image
+    arrays, issame = ins.read_bin(path)
+    np.testing.assert_array_equal(arrays[2], pixels_of(image))
+    assert issame.tolist() == [True, False]
+    ins._check_types(([(), ()], [[], []]), "empty.bin")  # CPython shares the empty tuple: harmless, allowed
+
+
+def test_bin_size_limits_are_named(tmp_path, monkeypatch):
+    path = tmp_path / "big.bin"
+    ins.write_bin(path, [png(i) for i in range(4)], [True, False])
+    monkeypatch.setattr(ins, "BIN_MAX_ITEMS", 5)
+    with pytest.raises(ins.UnsafePickleError, match=r"big\.bin: holds more than 5 list entries"):
+        ins.read_bin(path)
+    monkeypatch.setattr(ins, "BIN_MAX_ITEMS", 1000)
+    monkeypatch.setattr(ins, "BIN_MAX_BYTES", 10 * len(png(0)))
+    with pytest.raises(ins.UnsafePickleError, match=r"many\.bin: holds more than \d+ bytes of images"):
+        ins._check_types(([png(0)] * 100, []), "many.bin")  # one image referenced 100 times counts 100 times
+    monkeypatch.setattr(ins, "BIN_MAX_BYTES", path.stat().st_size - 1)
+    with pytest.raises(ins.UnsafePickleError, match=rf"big\.bin: {path.stat().st_size} bytes; a \.bin may hold at most"):
+        ins.read_bin(path)
+
+
 @pytest.mark.parametrize("num_pairs", [10, 23, 600, 6001])
 def test_contiguous_folds_match_unshuffled_kfold(num_pairs):
     want = np.empty(num_pairs, dtype=int)

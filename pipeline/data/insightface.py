@@ -15,7 +15,8 @@ RecordIO (`<prefix>.rec`, `<prefix>.idx`, `property` in the same directory):
 
 `.bin` (LFW, CFP-FP, AgeDB-30, ...): a pickle of (list of encoded images, list of issame bools); pair i is
 images (2i, 2i+1). It is loaded by a restricted unpickler that builds nothing but bytes, lists, tuples, bools
-and ints: a data file never gets to run code.
+and ints: a data file never gets to run code. Its size and item count are bounded and a list or tuple may appear
+only once in it, so a few bytes of self-referencing or shared lists cannot make the reader walk forever.
 """
 from __future__ import annotations
 
@@ -400,6 +401,9 @@ _DATA_OPCODES = frozenset(
     }
 )  # fmt: skip
 _DATA_TYPES = (bytes, bytearray, list, tuple, bool, int)
+# Far above real pair sets (LFW's .bin: 12,000 images, 0.1 GB) and far below what would exhaust memory or time.
+BIN_MAX_BYTES = 4 << 30  # the file, and the image bytes it references (a shared image counted each time)
+BIN_MAX_ITEMS = 1 << 24  # list and tuple entries, all levels together
 
 
 class _DataOnlyUnpickler(pickle.Unpickler):
@@ -430,21 +434,43 @@ def _check_opcodes(data: bytes, where: str) -> None:
 
 
 def _check_types(value: Any, where: str) -> None:
-    stack = [value]
+    """Only data types, each non-empty list or tuple reached once (a cycle would make every later walk loop, shared
+    lists nested a few levels deep would make it exponential), at most BIN_MAX_ITEMS entries and BIN_MAX_BYTES of
+    image bytes."""
+    seen: set[int] = set()  # ids of the lists reached; all stay alive during the walk, so an id means one object
+    items = size = 0
+    stack: list[tuple[Any, str]] = [(value, "top level")]
     while stack:
-        item = stack.pop()
+        item, at = stack.pop()
         if not isinstance(item, _DATA_TYPES):
             raise UnsafePickleError(
-                f"{where}: holds a {type(item).__name__}; only bytes, lists, tuples, bools and ints are allowed"
+                f"{where}: holds a {type(item).__name__} at {at}; only bytes, lists, tuples, bools and ints are allowed"
             )
-        if isinstance(item, (list, tuple)):
-            stack.extend(item)
+        if isinstance(item, (bytes, bytearray)):
+            size += len(item)
+            if size > BIN_MAX_BYTES:
+                raise UnsafePickleError(f"{where}: holds more than {BIN_MAX_BYTES} bytes of images")
+        if not isinstance(item, (list, tuple)) or not item:  # an empty one repeats nothing (and () is shared)
+            continue
+        if id(item) in seen:
+            raise UnsafePickleError(
+                f"{where}: the {type(item).__name__} at {at} is reached twice (a cyclic or shared reference); "
+                "a .bin holds plain nested lists"
+            )
+        seen.add(id(item))
+        items += len(item)
+        if items > BIN_MAX_ITEMS:
+            raise UnsafePickleError(f"{where}: holds more than {BIN_MAX_ITEMS} list entries")
+        prefix = "" if at == "top level" else at
+        stack.extend((child, f"{prefix}[{index}]") for index, child in enumerate(item))
 
 
 def load_bin_payload(path: str | os.PathLike[str]) -> tuple[list[bytes], np.ndarray]:
     """The encoded images and issame flags of a `.bin`, without decoding images."""
     path = Path(path)
     _require_file(path, "pair set")
+    if path.stat().st_size > BIN_MAX_BYTES:
+        raise UnsafePickleError(f"{path}: {path.stat().st_size} bytes; a .bin may hold at most {BIN_MAX_BYTES}")
     data = path.read_bytes()
     _check_opcodes(data, str(path))
     try:

@@ -2,7 +2,9 @@
 
 The page sends both photos as base64 in one JSON request (no multipart parser needed); the reply carries the
 similarity, the threshold and where it comes from, the decision, each photo with its box and landmarks drawn, and
-the aligned crops, all as data URLs.
+the aligned crops, all as data URLs. Only requests naming this machine in their Host header are answered (a web
+page whose domain is re-resolved to 127.0.0.1 must not reach the demo), and a body is refused as soon as it is
+longer than two photos can be, before any JSON is parsed.
 """
 from __future__ import annotations
 
@@ -19,13 +21,17 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image, ImageDraw
 from pydantic import BaseModel
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline import config
 from pipeline.demo.verify import DemoError, Face, Verifier, build_verifier
 from pipeline.paths import Paths
 
 HOST = "127.0.0.1"  # the demo is for the person at this machine only
+ALLOWED_HOSTS = (HOST, "localhost")  # Host header names, any port
 MAX_PHOTO_BYTES = 25 * 1024 * 1024
+MAX_BODY_BYTES = 2 * (4 * MAX_PHOTO_BYTES // 3 + 4) + 64 * 1024  # two photos in base64, names and JSON around them
 SHOWN_SIDE = 320  # longest side of the annotated photo sent back
 LANDMARK_COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231")  # eyes, nose, mouth corners
 
@@ -48,6 +54,56 @@ def photo_bytes(photo: Photo, slot: str) -> bytes:
     if len(data) > MAX_PHOTO_BYTES:
         raise DemoError(f"photo {slot} ({photo.name}) is {len(data) / 2**20:.1f} MiB; the limit is {MAX_PHOTO_BYTES // 2**20} MiB")
     return data
+
+
+class BodyLimit:
+    """Refuses a request body longer than `limit` by its Content-Length, or else while it arrives, so no more than
+    `limit` bytes are ever read and the app (and its JSON parser) sees only bodies within it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            await self.refuse(f"declares {declared.decode('latin-1')!r} bytes", scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await self.refuse(f"runs past {self.limit} bytes", scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay() -> Message:  # the body once, then the client's own messages (a disconnect)
+            return body.pop() if body else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def refuse(self, what: str, scope: Scope, receive: Receive, send: Send) -> None:
+        error = f"the request body {what}; the limit is {self.limit} bytes (two photos of {MAX_PHOTO_BYTES // 2**20} MiB)"
+        await JSONResponse({"error": error}, status_code=413)(scope, receive, send)
+
+
+def port_number(text: str) -> int:
+    """argparse type of --port: a TCP port number; an error names the value."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--port {text!r} is not a number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"--port {port} is outside the TCP port range 1..65535")
+    return port
 
 
 def data_url(image: Image.Image, kind: str) -> str:
@@ -88,6 +144,8 @@ def model_info(verifier: Verifier) -> dict:
 
 def create_app(verifier: Verifier) -> FastAPI:
     app = FastAPI(title="facerepro verification demo", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(ALLOWED_HOSTS))  # added last: checked first
     page = resources.files("pipeline.demo").joinpath("page.html").read_text(encoding="utf-8")
     info = model_info(verifier)
 
@@ -126,7 +184,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="a model.pt the pipeline wrote (default: the evaluated model "
                         "with the best recorded accuracy on the protocol)")
-    parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765)")
+    parser.add_argument("--port", type=port_number, default=8765, help="port on 127.0.0.1 (default 8765)")
     parser.add_argument("--profile", help="params.yaml profile the model was trained with (default: params.yaml's)")
     parser.add_argument("--protocol", help="evaluation protocol whose threshold to use (default: the LFW-like one)")
     parser.add_argument("--root", type=Path, default=config.PROJECT_ROOT,

@@ -9,6 +9,7 @@ convention of pipeline.evaluate.verification.
 """
 from __future__ import annotations
 
+import io
 import json
 import threading
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from pipeline.config import AlignConfig, Config
@@ -31,6 +33,9 @@ from pipeline.recipes import recipes
 from pipeline.runs import load_backbone, seed_dir
 from pipeline.train import checkpoint as checkpoints
 
+# Far above any camera's photo (48 MP phones) and far below PIL's bomb limit (179 MP), where a 440 KB PNG of
+# 12000 x 12000 px takes 1.9 GB and seconds to decode.
+MAX_PHOTO_PIXELS = 50_000_000
 REPRODUCE = "bash scripts/reproduce"  # trains and evaluates every model of the profile
 MODELS_OUTSIDE_ROWS = ("pretrain", "teacher", "student")  # dvc.yaml evaluates these in evaluate_models@
 
@@ -169,6 +174,15 @@ def photo_detector(align: AlignConfig) -> LandmarkDetector:
     return detector
 
 
+def header_size(data: bytes, where: str) -> tuple[int, int]:
+    """(width, height) as the file's header states them. Not images.image_size: its EXIF lookup decodes a whole PNG."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError ... on bad bytes
+        raise CorruptImageError(where, f"{type(error).__name__}: {error}") from error
+
+
 @dataclass(frozen=True)
 class Face:
     photo: np.ndarray  # the upright RGB photo
@@ -198,11 +212,22 @@ class Verifier:
         self.device, self.channels_last, self.align = device, channels_last, align
         self._lock = threading.Lock()
 
-    def face(self, data: bytes, where: str) -> Face:
+    @staticmethod
+    def decode(data: bytes, where: str) -> np.ndarray:
+        """The upright RGB photo; its size is checked from the header before any pixel is decoded."""
         try:
-            photo = decode_image(data, where)  # grey, RGBA, CMYK -> RGB; EXIF orientation applied
+            width, height = header_size(data, where)
+            if height * width > MAX_PHOTO_PIXELS:
+                raise DemoError(f"{where} is {width}x{height} px; the limit is {MAX_PHOTO_PIXELS // 10**6} megapixels")
+            return decode_image(data, where)  # grey, RGBA, CMYK -> RGB; EXIF orientation applied
         except CorruptImageError as error:
             raise DemoError(f"{error} (is it a JPEG, PNG or other image file?)") from error
+
+    def face(self, data: bytes, where: str) -> Face:
+        return self.locate(self.decode(data, where), where)
+
+    def locate(self, photo: np.ndarray, where: str) -> Face:
+        """Detect and align the face of a decoded photo (uses the shared detector: hold the lock)."""
         height, width = photo.shape[:2]
         # MTCNN has no pyramid level for an image shorter than its smallest face (and fails obscurely)
         if min(detection_size(height, width, self.align.detect_max_side)) < self.align.min_face_size:
@@ -215,8 +240,10 @@ class Verifier:
         return Face(photo=photo, detection=detection, crop=crop)
 
     def verify(self, data_a: bytes, where_a: str, data_b: bytes, where_b: str) -> Verification:
+        # decoding uses nothing shared, so a large photo does not hold up the other requests' model work
+        photos = (self.decode(data_a, where_a), self.decode(data_b, where_b))
         with self._lock:
-            faces = (self.face(data_a, where_a), self.face(data_b, where_b))
+            faces = (self.locate(photos[0], where_a), self.locate(photos[1], where_b))
             embeddings = extract_embeddings(
                 self.backbone, np.stack([face.crop for face in faces]), 2, self.device,
                 flip=self.threshold.flip, channels_last=self.channels_last,
