@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pandas as pd
 from prefect import flow, get_run_logger, serve, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -293,36 +294,39 @@ def mlflow_run_url(ui: str, experiment_id: str, run_id: str) -> str:
 
 
 def mlflow_links(cfg: Config, paths: Paths, model: str, ui: str) -> list[str]:
-    """A Markdown link to the MLflow run of each seed, from the run id the training stage wrote."""
-    from mlflow.tracking import MlflowClient
+    """A Markdown link to the MLflow run of each seed, found by the training identity in the model's metadata."""
+    from pipeline.runs import experiment_of, seed_identity  # here, not at the top: torch and the models load with it
+    from pipeline.tracking import Store, finished_seed_run
 
-    from pipeline.runs import seed_dir  # here, not at the top: it loads torch and the models, which serving does not need
-
-    client = MlflowClient(tracking_uri=tracking_uri(cfg.tracking, paths.root))
+    store = Store(cfg.tracking, paths.root)
+    experiment = experiment_of(recipes(cfg)[model])
     links = []
     for seed in cfg.seeds:
-        run_file = seed_dir(paths, model, seed) / "mlflow_run.json"
-        if not run_file.is_file():
-            links.append(f"seed {seed}: no MLflow run ({run_file.relative_to(paths.root)} is missing)")
+        identity = seed_identity(paths, model, seed)
+        run_id = finished_seed_run(store, experiment, model, seed, identity) if identity is not None else None
+        if run_id is None:
+            links.append(f"seed {seed}: no MLflow run of this model in experiment {experiment}")
             continue
-        run_id = json.loads(run_file.read_text())["run_id"]
-        experiment_id = client.get_run(run_id).info.experiment_id
+        experiment_id = store.client.get_run(run_id).info.experiment_id
         links.append(f"[seed {seed}: MLflow run {run_id}]({mlflow_run_url(ui, experiment_id, run_id)})")
     return links
 
 
-def row_markdown(cfg: Config, table: str, model: str, evaluation: dict, links: Sequence[str]) -> str:
-    """One row of the table (the report's own formatting) with its MLflow runs."""
+def row_markdown(cfg: Config, table: str, model: str, evaluation: dict, per_pair: pd.DataFrame, links: Sequence[str]) -> str:
+    """One row of the table (the report's own formatting: mean over seeds with its interval) with its MLflow runs."""
     metric = "accuracy_flip" if evaluation["flip"] else "accuracy"
     benchmarks = sorted({b for entry in evaluation["seeds"].values() for b in entry["benchmarks"]})
-    frame = tables.table([model], recipes(cfg), {model: evaluation}, benchmarks, metric)
+    frame = tables.table(
+        [model], recipes(cfg), {model: evaluation}, {model: per_pair}, benchmarks, metric, cfg.evaluate.alpha
+    )
     return "\n".join(
         [
             f"# {table}: {evaluation['label']}",
             "",
-            f"Row `{model}`, profile `{cfg.profile}`, {metric.replace('_', ' ')} (%), seeds {list(cfg.seeds)}.",
+            f"Row `{model}`, profile `{cfg.profile}`, {metric.replace('_', ' ')} (%), seeds {list(cfg.seeds)}: "
+            f"mean over seeds [{round(100 * (1 - cfg.evaluate.alpha))}% interval].",
             "",
-            tables.markdown(frame, benchmarks, len(cfg.seeds)),
+            tables.markdown(frame, benchmarks),
             "MLflow: " + "; ".join(links),
         ]
     )
@@ -332,9 +336,10 @@ def publish_row(root: Path, row: RowArtifact) -> None:
     paths = Paths(root)
     cfg = config.load(root / "params.yaml")
     evaluation = json.loads(paths.metrics("eval", row.model).read_text())
+    per_pair = pd.read_parquet(paths.eval_dir(row.model) / "pairs.parquet")
     links = mlflow_links(cfg, paths, row.model, row.mlflow_ui) if cfg.tracking.enabled else ["tracking is off"]
     create_markdown_artifact(
-        markdown=row_markdown(cfg, row.table, row.model, evaluation, links),
+        markdown=row_markdown(cfg, row.table, row.model, evaluation, per_pair, links),
         key=artifact_key(row.table, row.model),
         description=f"{row.table} row {row.model}: verification accuracy and its MLflow runs",
     )

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,18 +10,19 @@ import torch
 from torch import nn
 
 from pipeline import heads, models
-from pipeline.config import Config
+from pipeline.config import Config, TrainConfig
+from pipeline.dependencies import code_digest
 from pipeline.data.loader import FaceDataset, load_benchmark_arrays
 from pipeline.devices import resolve_device
 from pipeline.evaluate.embeddings import extract_embeddings
 from pipeline.evaluate.verification import cosine_scores, verification_accuracy
-from pipeline.io import write_json_atomic
 from pipeline.paths import Paths
 from pipeline.recipes import PRETRAIN, Recipe, recipes
-from pipeline.tracking import MlflowTracker, NullTracker, Tracker, flatten
+from pipeline.tracking import NullTracker, Tracker, flatten, seed_tracker
 from pipeline.heads.sharded import ShardedMarginHead
 from pipeline.train import checkpoint, distributed
 from pipeline.train.distributed import DistContext
+from pipeline.train.compilation import effective_compile_mode
 from pipeline.train.engine import TrainJob, TrainResult, resumable, train
 
 
@@ -69,6 +69,19 @@ def load_backbone(
     backbone = build_backbone(recipes(cfg)[name], cfg.align.crop_size)
     backbone.load_state_dict(state["backbone"])
     return backbone.eval(), state["meta"]
+
+
+def seed_identity(paths: Paths, name: str, seed: int) -> dict | None:
+    """The training identity a finished model was trained under (its metadata), or None when it is not there."""
+    path = seed_dir(paths, name, seed) / "model.pt"
+    if not path.is_file():
+        return None
+    return identity_of(checkpoint.load_weights(path)["meta"])
+
+
+def identity_of(meta: dict) -> dict:
+    """A model's training identity from its metadata (the engine stores it beside the name and divergence step)."""
+    return {k: v for k, v in meta.items() if k not in ("name", "diverged_at_step")}
 
 
 def file_digest(path: Path) -> str:
@@ -122,25 +135,61 @@ def make_curve_fn(cfg: Config, paths: Paths, device: torch.device):
     return curve
 
 
-def start_tracker(cfg: Config, paths: Paths, recipe: Recipe, seed: int) -> Tracker:
-    if not cfg.tracking.enabled:
-        return NullTracker()
-    experiment = recipe.tables[0] if recipe.tables else "auxiliary"
-    params = {
+# TrainConfig fields that do not change the trained weights (how often to log, save or draw a curve, and how many
+# loader workers: the batches and flips are functions of (seed, step)); every other field is part of the identity
+NOT_IN_IDENTITY = frozenset({"log_every", "curve_every", "curve_pairs", "checkpoint_every", "num_workers", "device"})
+
+
+def records_digest(records_dir: Path) -> str:
+    """sha256 over a records directory's shard files: the training data a run saw."""
+    digest = hashlib.sha256()
+    for shard in sorted(records_dir.glob("*.parquet")):
+        digest.update(shard.name.encode() + b"\0" + shard.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def training_identity(
+    cfg: Config, paths: Paths, recipe: Recipe, seed: int, train_cfg: TrainConfig, device: torch.device
+) -> dict:
+    """Everything that changes the trained weights: the recipe, every training parameter, the compile mode in
+    effect, the device type, the training data and cleaning manifest, the weights it starts from or learns from,
+    and the code of the training path. A checkpoint of another identity is never resumed."""
+    train_fields = {k: v for k, v in train_cfg.model_dump().items() if k not in NOT_IN_IDENTITY}
+    train_fields["compile"] = effective_compile_mode(train_cfg.compile)
+    identity = {
+        **recipe.description(seed, cfg.align.crop_size, train_cfg.batch_size, train_cfg.scale),
+        "train": train_fields,
+        "device_type": device.type,
+        "data": records_digest(paths.train_records(paths.aligned)),
+        "manifest": file_digest(paths.manifest) if recipe.cleaned and cfg.clean.enabled else None,
+        "code": code_digest("pipeline/runs.py"),
+    }
+    if recipe.init == "pretrain":
+        identity["init_weights"] = file_digest(seed_dir(paths, PRETRAIN, seed) / "model.pt")
+    if recipe.teacher is not None:
+        identity["teacher_weights"] = file_digest(seed_dir(paths, recipe.teacher, seed) / "model.pt")
+    return identity
+
+
+def experiment_of(recipe: Recipe) -> str:
+    return recipe.tables[0] if recipe.tables else "auxiliary"
+
+
+def tracking_params(cfg: Config, recipe: Recipe) -> dict:
+    return {
         **flatten("recipe", recipe.__dict__),
         **flatten("train", cfg.train.model_dump()),
-        "seed": seed,
+        "seeds": ",".join(map(str, cfg.seeds)),
         "crop_size": cfg.align.crop_size,
     }
-    tags = {
-        "row": recipe.name,
-        "label": recipe.label,
-        "tables": ",".join(recipe.tables),
-        "profile": cfg.profile,
-        "params_hash": cfg.digest(),
-        "mlflow.runName": f"{recipe.label} [seed {seed}]",
-    }
-    return MlflowTracker.start(cfg.tracking, experiment, f"{recipe.label} [seed {seed}]", params, tags, paths.root)
+
+
+def start_tracker(cfg: Config, paths: Paths, recipe: Recipe, seed: int, identity: dict, resuming: bool) -> Tracker:
+    tags = {"label": recipe.label, "tables": ",".join(recipe.tables), "profile": cfg.profile, "params_hash": cfg.digest()}
+    return seed_tracker(
+        cfg.tracking, paths.root, experiment_of(recipe), recipe.name, recipe.label, seed, identity,
+        {**tracking_params(cfg, recipe), "seed": seed}, tags, resuming,
+    )
 
 
 def train_recipe(cfg: Config, paths: Paths, name: str, seed: int, stop_after: int | None = None) -> TrainResult:
@@ -162,14 +211,13 @@ def train_recipe(cfg: Config, paths: Paths, name: str, seed: int, stop_after: in
     teacher = None
     if recipe.teacher is not None:
         teacher, _ = load_backbone(cfg, paths, recipe.teacher, seed)
-    description = recipe.description(seed, cfg.align.crop_size, cfg.train.batch_size, cfg.train.scale)
-    if isinstance(head, ShardedMarginHead) and head.sample_fraction < 1.0:  # sampling changes the trained weights
-        description["head_sample_fraction"] = head.sample_fraction
+    train_cfg = cfg.train.model_copy(update={"iterations": recipe.iterations, "warmup_iterations": recipe.warmup_iterations})
+    description = training_identity(cfg, paths, recipe, seed, train_cfg, device)
     job = TrainJob(
         name=name,
         backbone=backbone,
         head=head,
-        train=cfg.train.model_copy(update={"iterations": recipe.iterations, "warmup_iterations": recipe.warmup_iterations}),
+        train=train_cfg,
         seed=seed,
         weight_decay=recipe.weight_decay,
         embedding_wd_mult=recipe.embedding_wd_mult,
@@ -177,19 +225,15 @@ def train_recipe(cfg: Config, paths: Paths, name: str, seed: int, stop_after: in
         distill_weight=recipe.distill_weight,
         description=description,
     )
-    run_file = out_dir / "mlflow_run.json"
-    tracker: Tracker
-    if not distributed.writes(ctx):  # rank 0 alone tracks
-        tracker = NullTracker()
-    elif run_file.is_file() and cfg.tracking.enabled and resumable(out_dir, description):  # a resumed run keeps its MLflow run
-        tracker = MlflowTracker.resume(cfg.tracking, json.loads(run_file.read_text())["run_id"], paths.root)
-    else:
-        tracker = start_tracker(cfg, paths, recipe, seed)
-        if tracker.run_id:
-            write_json_atomic(run_file, {"run_id": tracker.run_id})
+    tracker: Tracker = NullTracker()
+    if distributed.writes(ctx):  # rank 0 alone tracks
+        tracker = start_tracker(cfg, paths, recipe, seed, description, resuming=resumable(out_dir, description))
     curve_fn = make_curve_fn(cfg, paths, device) if cfg.train.curve_every and distributed.writes(ctx) else None
     try:
         result = train(job, dataset, out_dir, tracker=tracker, curve_fn=curve_fn, stop_after=stop_after)
+    except (KeyboardInterrupt, SystemExit):  # SIGINT, or SIGTERM as the stage entry point turns it
+        tracker.end("KILLED")
+        raise
     except BaseException:
         tracker.end("FAILED")
         raise

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,12 @@ from pipeline.config import Config
 from pipeline.paths import Paths
 
 log = logging.getLogger("facerepro")
+
+
+def _terminated(signum: int, frame: object) -> None:
+    # SIGTERM (a scheduler, `kill`, Prefect cancelling) unwinds like Ctrl-C: tracking ends the run as KILLED and
+    # staging folders are left for the next write to sweep; the last checkpoint is where a rerun resumes
+    raise SystemExit(128 + signum)
 
 
 def main(
@@ -27,6 +34,7 @@ def main(
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(message)s", datefmt="%H:%M:%S")
     extra = {k: v for k, v in vars(args).items() if k not in ("params", "profile")}
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         cfg: Config = config.load(args.params, args.profile)
         root = args.params.resolve().parent if args.params else config.PROJECT_ROOT

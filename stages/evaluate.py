@@ -6,6 +6,7 @@ import argparse
 import json
 
 import pandas as pd
+from tqdm import tqdm
 
 from pipeline import stage
 from pipeline.config import Config
@@ -14,9 +15,9 @@ from pipeline.devices import resolve_device
 from pipeline.evaluate.embeddings import evaluate_pairs
 from pipeline.io import atomic_path, write_json_atomic
 from pipeline.paths import Paths
-from pipeline.recipes import recipes
-from pipeline.runs import load_backbone, seed_dir
-from pipeline.tracking import MlflowTracker
+from pipeline.recipes import Recipe, recipes
+from pipeline.runs import experiment_of, identity_of, load_backbone, seed_dir, start_tracker
+from pipeline.tracking import MlflowTracker, Store, finished_seed_run, guarded
 
 
 def run(cfg: Config, paths: Paths, model: str) -> dict:
@@ -25,14 +26,21 @@ def run(cfg: Config, paths: Paths, model: str) -> dict:
         raise KeyError(f"model {model!r} is not trained by this profile; known: {', '.join(recipes(cfg))}")
     device = resolve_device(cfg.train.device)
     benchmarks = {d.name: load_benchmark_arrays(d) for d in sorted(paths.benchmarks(paths.aligned).iterdir())}
+    for name, (_, pairs) in benchmarks.items():
+        if pairs["fold"].nunique() != cfg.evaluate.folds:
+            raise ValueError(
+                f"benchmark {name} has {pairs['fold'].nunique()} folds but evaluate.folds is {cfg.evaluate.folds}"
+            )
     per_seed: dict[str, dict] = {}
     per_pair = []
+    progress = tqdm(total=len(cfg.seeds) * len(benchmarks), desc=f"evaluate {model}", unit="protocol", disable=None)
     for seed in cfg.seeds:
         backbone, meta = load_backbone(cfg, paths, model, seed)
         train_info = json.loads((seed_dir(paths, model, seed) / "train.json").read_text())
         entry: dict = {"diverged_at_step": meta.get("diverged_at_step"), "train": train_info, "benchmarks": {}}
         if meta.get("diverged_at_step") is None:
             for name, (images, pairs) in benchmarks.items():
+                progress.update()
                 result = evaluate_pairs(
                     backbone, images, pairs, device=device, batch_size=cfg.evaluate.batch_size, fars=cfg.evaluate.fars,
                     channels_last=cfg.train.channels_last,
@@ -49,7 +57,8 @@ def run(cfg: Config, paths: Paths, model: str) -> dict:
                     )
                 )
         per_seed[str(seed)] = entry
-        _track(cfg, paths, model, seed, entry)
+        _track(cfg, paths, recipe, seed, meta, entry)
+    progress.close()
     report = {"model": model, "label": recipe.label, "tables": list(recipe.tables), "flip": cfg.evaluate.flip, "seeds": per_seed}
     with atomic_path(paths.eval_dir(model) / "pairs.parquet") as staged:
         frame = pd.concat(per_pair, ignore_index=True) if per_pair else pd.DataFrame(columns=["seed", "benchmark", "pair", "correct"])
@@ -58,14 +67,25 @@ def run(cfg: Config, paths: Paths, model: str) -> dict:
     return report
 
 
-def _track(cfg: Config, paths: Paths, model: str, seed: int, entry: dict) -> None:
-    run_file = seed_dir(paths, model, seed) / "mlflow_run.json"
-    if not (cfg.tracking.enabled and run_file.is_file()):
+def _track(cfg: Config, paths: Paths, recipe: Recipe, seed: int, meta: dict, entry: dict) -> None:
+    """Mirror the figures into the seed's MLflow run, found by its training identity (recorded in the model's
+    metadata), or into a re-created run when the store has none (moved, emptied, another machine)."""
+    if not cfg.tracking.enabled:
         return
-    tracker = MlflowTracker.resume(cfg.tracking, json.loads(run_file.read_text())["run_id"], paths.root)
-    tracker.log_metrics(
-        {f"{bench}.{key}": value for bench, metrics in entry["benchmarks"].items() for key, value in metrics.items()}
-    )
+    identity = identity_of(meta)
+    metrics = {f"{bench}.{key}": value for bench, figures in entry["benchmarks"].items() for key, value in figures.items()}
+
+    def mirror() -> None:
+        store = Store(cfg.tracking, paths.root)
+        run_id = finished_seed_run(store, experiment_of(recipe), recipe.name, seed, identity)
+        if run_id is not None:
+            MlflowTracker(store, run_id).log_metrics(metrics)
+            return
+        tracker = start_tracker(cfg, paths, recipe, seed, identity, resuming=False)
+        tracker.log_metrics(metrics)
+        tracker.end("FINISHED")
+
+    guarded("evaluation mirror", mirror, None)
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:

@@ -101,6 +101,7 @@ def test_train_recipe_hands_the_recipe_warmup_to_the_engine(monkeypatch, raw):
 
     monkeypatch.setattr(runs, "FaceDataset", lambda *a, **k: type("D", (), {"labels": [0, 1]})())
     monkeypatch.setattr(runs, "training_indices", lambda *a: None)
+    monkeypatch.setattr(runs, "training_identity", lambda *a: {"stub": True})  # no data to hash here
     monkeypatch.setattr(runs, "train", fake_train)
     with pytest.raises(RuntimeError, match="stop here"):
         runs.train_recipe(cfg, runs.Paths(root=Path("/nonexistent")), TEACHER, 0)

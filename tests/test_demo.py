@@ -74,6 +74,7 @@ def demo_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo_root")
     shutil.copy(config.PROJECT_ROOT / "params.yaml", root / "params.yaml")
     cfg = config.load(root / "params.yaml", PROFILE)
+    cfg = cfg.model_copy(update={"seeds": [0]})  # one trained checkpoint is all the demo serves
     paths = Paths(root)
     name = next(iter(cfg.rows))
     recipe = recipes(cfg)[name]

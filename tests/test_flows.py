@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pandas as pd
 import pytest
 import yaml
 
@@ -231,8 +232,8 @@ def test_other_profile_or_seeds_are_refused_with_the_way_out(smoke):
     check_request(smoke, Path("params.yaml"), "smoke", list(smoke.seeds))
     with pytest.raises(ValueError, match=r"profile 'cpu' was requested but params.yaml selects profile 'smoke'.*`profile: cpu`"):
         check_request(smoke, Path("params.yaml"), "cpu", None)
-    with pytest.raises(ValueError, match=r"seeds \[0, 1\].*profiles.smoke.seeds"):
-        check_request(smoke, Path("params.yaml"), None, [0, 1])
+    with pytest.raises(ValueError, match=r"seeds \[0\].*profiles.smoke.seeds"):
+        check_request(smoke, Path("params.yaml"), None, [0])
 
 
 def test_rows_are_the_tables_rows(smoke):
@@ -304,10 +305,12 @@ def test_row_markdown_shows_the_rows_figures_and_links(smoke):
             }
         },
     }
-    text = row_markdown(smoke, "table3", "cosface", evaluation, ["[seed 0](http://x/#/experiments/1/runs/r)"])
+    correct = [True] * 13 + [False] * 3  # 16 pairs, 81.25% right
+    per_pair = pd.DataFrame({"seed": 0, "benchmark": "synth-lfw", "pair": range(16), "correct": correct})
+    text = row_markdown(smoke, "table3", "cosface", evaluation, per_pair, ["[seed 0](http://x/#/experiments/1/runs/r)"])
     row = next(line for line in text.splitlines() if line.startswith("| CosFace/AM-Softmax |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "81.25 (±2.50 folds)"  # 100 * accuracy_flip, the flip test's figure
+    assert cells[1].startswith("81.25 [") and cells[1].endswith("(1 seed: pairs only)")  # the flip test's pairs
     assert cells[2] == "99.200"  # the paper's LFW for this row in params.yaml
     assert "[seed 0](http://x/#/experiments/1/runs/r)" in text
 
@@ -315,19 +318,26 @@ def test_row_markdown_shows_the_rows_figures_and_links(smoke):
 def test_mlflow_links_point_at_each_seeds_run(smoke, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
+    from pipeline.runs import seed_dir
+    from pipeline.tracking import seed_tracker
+    from pipeline.train import checkpoint
+
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")  # where tracking_uri() looks by default
     client.create_experiment("auxiliary")  # so the table's experiment id is not simply the first one
-    experiment = client.create_experiment("table3")
-    run_id = client.create_run(experiment).info.run_id
-    run_file = tmp_path / "data" / "models" / "cosface" / "seed0" / "mlflow_run.json"
-    run_file.parent.mkdir(parents=True)
-    run_file.write_text(json.dumps({"run_id": run_id}))
+    identity = {"recipe": "cosface", "seed": 0, "code": "abc"}
+    model = seed_dir(Paths(tmp_path), "cosface", 0) / "model.pt"
+    model.parent.mkdir(parents=True)
+    checkpoint.save(model, {"backbone": {}, "head": {}, "meta": {"name": "cosface", "diverged_at_step": None, **identity}})
+    tracker = seed_tracker(smoke.tracking, tmp_path, "table3", "cosface", "CosFace", 0, identity, {}, {}, resuming=False)
+    tracker.end("FINISHED")
+    experiment = client.get_experiment_by_name("table3").experiment_id
     links = mlflow_links(smoke, Paths(tmp_path), "cosface", "http://ui:5000")
-    assert links == [f"[seed 0: MLflow run {run_id}](http://ui:5000/#/experiments/{experiment}/runs/{run_id})"]
-    assert mlflow_links(smoke, Paths(tmp_path), "pretrain", "http://ui:5000") == [
-        "seed 0: no MLflow run (data/models/pretrain/seed0/mlflow_run.json is missing)"
-    ]
+    assert links[0] == f"[seed 0: MLflow run {tracker.run_id}](http://ui:5000/#/experiments/{experiment}/runs/{tracker.run_id})"
+    assert links[1] == "seed 1: no MLflow run of this model in experiment table3"  # no model.pt for seed 1
+    assert mlflow_links(smoke, Paths(tmp_path), "pretrain", "http://ui:5000")[0] == (
+        "seed 0: no MLflow run of this model in experiment table3"
+    )
 
 
 # --- the deployment, for real (slow) ----------------------------------------------------------------------------
@@ -475,8 +485,9 @@ def test_the_deployment_reproduces_table3(project):
     assert "up to date" in status.stdout, status.stdout
 
     with sqlite3.connect(project.root / "mlflow.db") as db:
-        runs = {row: (run_id, exp) for row, run_id, exp in db.execute(
-            "select t.value, r.run_uuid, r.experiment_id from tags t join runs r on r.run_uuid = t.run_uuid where t.key = 'row'"
+        runs = {row: (run_id, exp) for row, run_id, exp in db.execute(  # each model's seed-0 child run
+            "select t.value, r.run_uuid, r.experiment_id from tags t join runs r on r.run_uuid = t.run_uuid "
+            "join tags s on s.run_uuid = r.run_uuid and s.key = 'seed' and s.value = '0' where t.key = 'row'"
         )}
     assert set(table3_rows) | {"pretrain"} <= set(runs)
 
@@ -491,8 +502,7 @@ def test_the_deployment_reproduces_table3(project):
     artifacts = project.artifacts(run)
     assert "| N-Softmax |" in artifacts["table3"]["data"]
     for name in [*table3_rows, "pretrain"]:
-        run_id = json.loads((project.root / "data" / "models" / name / "seed0" / "mlflow_run.json").read_text())["run_id"]
-        assert runs[name][0] == run_id
+        run_id = runs[name][0]
         markdown = artifacts[f"table3-{name.replace('_', '-')}"]["data"]
         assert f"http://127.0.0.1:5000/#/experiments/{runs[name][1]}/runs/{run_id}" in markdown, name
 

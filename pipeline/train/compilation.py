@@ -7,6 +7,7 @@ most of what compiling the whole backbone buys, for seconds of compiling instead
 from __future__ import annotations
 
 import functools
+import logging
 import types
 
 import torch
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import CompileMode
+
+log = logging.getLogger("facerepro.train")
 
 
 @functools.cache
@@ -35,8 +38,31 @@ def compile_activations(model: nn.Module) -> int:
     return len(prelus)
 
 
+@functools.cache
+def activations_compile() -> bool:
+    """Whether the compiled prelu builds and runs here (inductor needs a working C++ compiler on the CPU); probed
+    once per process, on the shapes training uses, and logged once."""
+    try:
+        x = torch.randn(2, 3, 4, 4, requires_grad=True)
+        _compiled_prelu()(x, torch.full((3,), 0.25, requires_grad=True)).sum().backward()
+    except Exception as error:  # inductor raises many kinds (missing compiler, failed build): any means eager
+        log.info("train.compile auto: eager PReLU (compiling failed here: %s)", str(error).splitlines()[0][:200])
+        return False
+    log.info("train.compile auto: compiled PReLU activations")
+    return True
+
+
+def effective_compile_mode(mode: CompileMode) -> CompileMode:
+    """`auto` resolved: `activations` where compiling works, else `none`; the other modes as given. The resolved mode
+    is part of a run's identity, since a compiled PReLU's weight gradient differs in the last bits."""
+    if mode == "auto":
+        return "activations" if activations_compile() else "none"
+    return mode
+
+
 def compile_for_training(model: nn.Module, mode: CompileMode) -> nn.Module:
     """The module to train with under `mode`: `model` itself, its activations compiled, or a compiled wrapper."""
+    mode = effective_compile_mode(mode)
     if mode == "activations":
         compile_activations(model)
         return model

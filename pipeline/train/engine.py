@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from pipeline.config import TrainConfig
 from pipeline.devices import resolve_device
@@ -76,9 +77,17 @@ class _Projection(nn.Module):
 
 
 def resumable(out_dir: Path, description: dict[str, Any]) -> bool:
-    """True when `out_dir` holds an unfinished run of this very job (a checkpoint of another job is ignored)."""
+    """True when `out_dir` holds an unfinished run of this very job; a checkpoint of another job is left alone (and
+    overwritten by the new run's first checkpoint), with a log line naming what differs."""
     path = out_dir / "checkpoint.pt"
-    return path.is_file() and checkpoint.load(path).get("description") == description
+    if not path.is_file():
+        return False
+    saved = checkpoint.load(path).get("description") or {}
+    if saved == description:
+        return True
+    changed = sorted(key for key in saved.keys() | description.keys() if saved.get(key) != description.get(key))
+    log.info("%s was written by another job (%s differ): training starts over", path, ", ".join(changed))
+    return False
 
 
 def _autocast(device: torch.device, amp: str):
@@ -198,6 +207,8 @@ def train(
     loss_value, accuracy = math.nan, math.nan
     backbone.train()
     head.train()
+    # rate and time left for a person at a terminal; silent in logs and under DVC's captured output
+    progress = tqdm(total=cfg.iterations, initial=start_step, desc=job.name, unit="step", disable=None if writer else True)
     for images, labels in loader:
         if diverged_at is not None:
             break
@@ -241,6 +252,7 @@ def train(
         scaler.step(optimizer)
         scaler.update()
         step += 1
+        progress.update()
         # a replicated head's figures are its slice's: their mean over ranks is the global batch's
         loss_value = float(loss.detach()) if sharded else distributed.mean_over_ranks(float(loss.detach()), ctx, device)
         accuracy = float(correct) if sharded else distributed.mean_over_ranks(float(correct), ctx, device)
@@ -259,8 +271,10 @@ def train(
             started = time.perf_counter()
             save_checkpoint(step)
         if stop_after is not None and step >= stop_after:
+            progress.close()
             distributed.barrier(ctx)
             return _result(step, history, diverged_at)
+    progress.close()
     history["seconds"] += time.perf_counter() - started
 
     result = _result(step, history, diverged_at)

@@ -1,0 +1,75 @@
+"""Stage dependencies by construction: each dvc.yaml stage lists every project file its entry module imports."""
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import PROJECT_ROOT
+from pipeline.dependencies import code_digest, import_closure
+
+
+def _stages() -> dict[str, dict]:
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: stage.get("do", stage) for name, stage in stages.items()}
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_every_imported_file_is_a_declared_dependency(name):
+    stage = _stages()[name]
+    entry = re.search(r"python -m (stages\.\w+)", stage["cmd"]).group(1).replace(".", "/") + ".py"
+    deps = [Path(d) for d in stage["deps"] if "${" not in d]
+    missing = [
+        str(path) for path in import_closure(entry)
+        if not any(path == dep or dep in path.parents for dep in deps)
+    ]
+    assert not missing, f"dvc.yaml stage {name} runs {entry} but does not depend on {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_declared_code_dependencies_exist(name):
+    for dep in _stages()[name]["deps"]:
+        if dep.startswith(("pipeline", "stages")):
+            assert (PROJECT_ROOT / dep).exists(), f"dvc.yaml stage {name}: dependency {dep} does not exist"
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+def test_closure_follows_relative_lazy_and_package_imports(tmp_path):
+    _write(tmp_path, {
+        "stages/__init__.py": "",
+        "stages/entry.py": "from pipeline.a import f\n",
+        "pipeline/__init__.py": "",
+        "pipeline/a.py": "from . import b\ndef f():\n    import pipeline.sub.c\n",
+        "pipeline/b.py": "import os\n",
+        "pipeline/sub/__init__.py": "",
+        "pipeline/sub/c.py": "from ..b import x\n",
+        "pipeline/unused.py": "",
+    })
+    got = {str(p) for p in import_closure("stages/entry.py", tmp_path)}
+    assert got == {
+        "stages/__init__.py", "stages/entry.py", "pipeline/__init__.py", "pipeline/a.py", "pipeline/b.py",
+        "pipeline/sub/__init__.py", "pipeline/sub/c.py",
+    }
+
+
+def test_code_digest_changes_with_any_file_of_the_closure(tmp_path):
+    _write(tmp_path, {"stages/__init__.py": "", "stages/e.py": "import pipeline.m\n",
+                      "pipeline/__init__.py": "", "pipeline/m.py": "x = 1\n", "pipeline/other.py": ""})
+    before = code_digest("stages/e.py", tmp_path)
+    (tmp_path / "pipeline/other.py").write_text("y = 2\n")  # outside the closure
+    code_digest.cache_clear()
+    assert code_digest("stages/e.py", tmp_path) == before
+    (tmp_path / "pipeline/m.py").write_text("x = 2\n")
+    code_digest.cache_clear()
+    assert code_digest("stages/e.py", tmp_path) != before
+
+
+def test_an_unparsable_module_is_named(tmp_path):
+    _write(tmp_path, {"stages/e.py": "import pipeline.bad\n", "pipeline/__init__.py": "", "pipeline/bad.py": "def (:\n"})
+    with pytest.raises(ValueError, match="bad.py"):
+        import_closure("stages/e.py", tmp_path)
