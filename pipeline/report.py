@@ -1,16 +1,26 @@
-"""Tables from the evaluation metrics: each row's accuracy per benchmark beside the paper's, and which
-differences are real by a paired test on the same pairs (Holm-adjusted over the table's comparisons)."""
+"""Tables from the evaluation metrics, with the training run as the unit of evidence.
+
+A cell is the mean over seeds with its 95% interval (pipeline.statistics.cell_estimate: run-to-run and
+pair-sampling variance); a comparison is paired by seed and by pair (compare_runs), Holm-adjusted over the
+table's family, with a plain verdict. The published figures stand beside ours for the ordering, not the level.
+"""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluate.significance import holm_bonferroni, mcnemar_test, mean_std_over_seeds
+from pipeline.evaluate.significance import holm_bonferroni
 from pipeline.recipes import PRETRAIN, Recipe
+from pipeline.statistics import CellEstimate, RunComparison, cell_estimate, compare_runs, verdict
 
 PAPER_COLUMNS = {"lfw": "LFW", "cfp_fp": "CFP-FP", "agedb": "AgeDB"}
+COMPARISON_COLUMNS = [
+    "a", "b", "benchmark", "seeds", "delta", "ci_low", "ci_high", "prob_a_beats_b", "p", "p_holm", "verdict",
+    "mde", "seeds_needed", "seed_differences", "run_sd", "pair_sd",
+]
 
 
 def paper_key(benchmark: str) -> str:
@@ -19,78 +29,101 @@ def paper_key(benchmark: str) -> str:
     return "agedb" if key.startswith("agedb") else key
 
 
+def correctness(pairs: pd.DataFrame, benchmark: str, seeds: list[int] | None = None) -> tuple[list[int], np.ndarray]:
+    """The seeds found (or asked for) and their per-pair correctness on `benchmark`, one row per seed, pairs in
+    protocol order: the matrix the seed-level statistics take. A diverged seed has no pairs and no row."""
+    chosen = pairs[pairs["benchmark"] == benchmark]
+    found = sorted(int(s) for s in chosen["seed"].unique())
+    keep = [s for s in found if seeds is None or s in seeds]
+    rows = [chosen[chosen["seed"] == s].sort_values("pair")["correct"].to_numpy(bool) for s in keep]
+    return keep, np.stack(rows) if rows else np.zeros((0, 0), bool)
+
+
 @dataclass(frozen=True)
 class Cell:
-    mean: float  # accuracy in %, mean over seeds
-    seed_std: float  # sample std over seeds (NaN for one seed)
-    fold_std: float  # mean over seeds of the std over the 10 folds
-    seeds: int
+    estimate: CellEstimate | None  # None: no seed has figures (every seed diverged)
+    fold_std: float  # mean over seeds of the std over the folds (points)
+    diverged: tuple[int, ...]  # the steps at which seeds diverged
 
     def text(self) -> str:
-        if np.isnan(self.mean):
-            return "n/a"
-        spread = f" ± {self.seed_std:.2f}" if self.seeds > 1 else f" (±{self.fold_std:.2f} folds)"
-        return f"{self.mean:.2f}{spread}"
+        if self.estimate is None:
+            return f"diverged at step {self.diverged[0]}" if self.diverged else "n/a"
+        e = self.estimate
+        if e.run_variance_known:
+            text = f"{100 * e.mean:.2f} [{100 * e.low:.2f}, {100 * e.high:.2f}]"
+        else:  # one seed: no run-to-run variance to put in the interval
+            text = f"{100 * e.mean:.2f} [{100 * e.low:.2f}, {100 * e.high:.2f}] (1 seed: pairs only)"
+        return text + (f" ({len(self.diverged)} seed(s) diverged)" if self.diverged else "")
 
 
-def cell(report: dict, benchmark: str, metric: str) -> Cell:
-    values, folds = [], []
-    for entry in report["seeds"].values():
-        metrics = entry["benchmarks"].get(benchmark)
-        if metrics is not None:
-            values.append(100 * metrics[metric])
-            folds.append(100 * metrics[f"{metric}_std"])
-    mean, std, n = mean_std_over_seeds(values) if values else (float("nan"), float("nan"), 0)
-    return Cell(mean, std, float(np.mean(folds)) if folds else float("nan"), n)
-
-
-def diverged(report: dict) -> list[int]:
-    return [e["diverged_at_step"] for e in report["seeds"].values() if e["diverged_at_step"] is not None]
+def cell(report: dict, pairs: pd.DataFrame, benchmark: str, metric: str, alpha: float) -> Cell:
+    folds = [100 * e["benchmarks"][benchmark][f"{metric}_std"] for e in report["seeds"].values() if benchmark in e["benchmarks"]]
+    diverged = tuple(e["diverged_at_step"] for e in report["seeds"].values() if e["diverged_at_step"] is not None)
+    seeds, matrix = correctness(pairs, benchmark)
+    estimate = cell_estimate(matrix, alpha) if seeds else None
+    return Cell(estimate, float(np.mean(folds)) if folds else math.nan, diverged)
 
 
 def table(
-    names: list[str], recipes: dict[str, Recipe], reports: dict[str, dict], benchmarks: list[str], metric: str
+    names: list[str], recipes: dict[str, Recipe], reports: dict[str, dict], per_pair: dict[str, pd.DataFrame],
+    benchmarks: list[str], metric: str, alpha: float,
 ) -> pd.DataFrame:
+    """One row per model: per benchmark the mean, interval, per-seed values and fold std (accuracy in %)."""
     records = []
     for name in names:
-        report = reports[name]
-        steps = diverged(report)
-        row = {"model": name, "label": recipes[name].label}
+        row: dict = {"model": name, "label": recipes[name].label}
         for bench in benchmarks:
-            c = cell(report, bench, metric)
-            row[bench] = c.mean
-            row[f"{bench} ±"] = c.seed_std if c.seeds > 1 else c.fold_std
-            row[f"{bench} text"] = c.text() if not steps else f"diverged at step {steps[0]}"
-        for key in PAPER_COLUMNS:
-            row[f"paper {PAPER_COLUMNS[key]}"] = recipes[name].paper.get(key, np.nan)
-        row["seeds"] = len(report["seeds"])
-        row["diverged_at_step"] = steps[0] if steps else None
+            c = cell(reports[name], per_pair[name], bench, metric, alpha)
+            e = c.estimate
+            row[bench] = 100 * e.mean if e else math.nan
+            row[f"{bench} ci_low"] = 100 * e.low if e else math.nan
+            row[f"{bench} ci_high"] = 100 * e.high if e else math.nan
+            row[f"{bench} seed values"] = ";".join(f"{100 * v:.2f}" for v in e.seed_values) if e else ""
+            row[f"{bench} seed sd"] = 100 * e.seed_std if e else math.nan
+            row[f"{bench} fold sd"] = c.fold_std
+            row[f"{bench} text"] = c.text()
+        for key, column in PAPER_COLUMNS.items():
+            row[f"paper {column}"] = recipes[name].paper.get(key, np.nan)
+        row["seeds"] = len(reports[name]["seeds"])
+        diverged = [e["diverged_at_step"] for e in reports[name]["seeds"].values() if e["diverged_at_step"] is not None]
+        row["diverged_at_step"] = diverged[0] if diverged else None
         records.append(row)
     return pd.DataFrame.from_records(records)
 
 
-def pooled_correct(pairs: pd.DataFrame, benchmark: str) -> np.ndarray:
-    """Per-pair correctness over all seeds, in (seed, pair) order, so two models pair up pair by pair."""
-    chosen = pairs[pairs["benchmark"] == benchmark].sort_values(["seed", "pair"])
-    return chosen["correct"].to_numpy(bool)
+def compare(a_pairs: pd.DataFrame, b_pairs: pd.DataFrame, benchmark: str, alpha: float) -> RunComparison | None:
+    """A against B on the seeds both have figures for (paired by seed), or None when they share none."""
+    seeds_a, _ = correctness(a_pairs, benchmark)
+    seeds_b, _ = correctness(b_pairs, benchmark)
+    common = sorted(set(seeds_a) & set(seeds_b))
+    if not common:
+        return None
+    return compare_runs(correctness(a_pairs, benchmark, common)[1], correctness(b_pairs, benchmark, common)[1], alpha)
 
 
-def comparisons(pairs_of_models: list[tuple[str, str]], per_pair: dict[str, pd.DataFrame], benchmarks: list[str]) -> pd.DataFrame:
-    """McNemar's exact test for each (a, b, benchmark) on the same pairs and seeds; Holm over the whole family."""
-    records = []
+def comparisons(
+    pairs_of_models: list[tuple[str, str]], per_pair: dict[str, pd.DataFrame], benchmarks: list[str], alpha: float
+) -> tuple[pd.DataFrame, list[RunComparison]]:
+    """Every planned (a, b, benchmark) as a seed-paired test; Holm over the whole family; a verdict for each."""
+    records, found = [], []
     for a, b in pairs_of_models:
         for bench in benchmarks:
-            ca, cb = pooled_correct(per_pair[a], bench), pooled_correct(per_pair[b], bench)
-            if len(ca) == 0 or len(ca) != len(cb):
-                continue  # a diverged model has no pairs to compare
-            test = mcnemar_test(ca, cb)
-            records.append(
-                {"a": a, "b": b, "benchmark": bench, "delta": 100 * (ca.mean() - cb.mean()),
-                 "a_only": test.b, "b_only": test.c, "p": test.p_value}
-            )
-    frame = pd.DataFrame.from_records(records, columns=["a", "b", "benchmark", "delta", "a_only", "b_only", "p"])
+            result = compare(per_pair[a], per_pair[b], bench, alpha)
+            if result is None:
+                continue  # a diverged model has no runs to compare
+            found.append(result)
+            records.append({
+                "a": a, "b": b, "benchmark": bench, "seeds": result.n_seeds, "delta": 100 * result.delta,
+                "ci_low": 100 * result.low, "ci_high": 100 * result.high, "prob_a_beats_b": result.prob_a_beats_b,
+                "p": result.p_value, "mde": 100 * result.mde, "seeds_needed": result.seeds_needed,
+                "seed_differences": ";".join(f"{100 * d:+.2f}" for d in result.seed_differences),
+                "run_sd": 100 * math.sqrt(result.run_variance) if result.run_variance_known else math.nan,
+                "pair_sd": 100 * math.sqrt(result.pair_variance),
+            })
+    frame = pd.DataFrame.from_records(records, columns=[c for c in COMPARISON_COLUMNS if c not in ("p_holm", "verdict")])
     frame["p_holm"] = holm_bonferroni(frame["p"].to_numpy()) if len(frame) else []
-    return frame
+    frame["verdict"] = [verdict(c, float(p), alpha) for c, p in zip(found, frame["p_holm"])]
+    return frame[COMPARISON_COLUMNS], found
 
 
 def planned_comparisons(recipes: dict[str, Recipe], names: list[str]) -> list[tuple[str, str]]:
@@ -106,7 +139,7 @@ def planned_comparisons(recipes: dict[str, Recipe], names: list[str]) -> list[tu
     return found
 
 
-def markdown(frame: pd.DataFrame, benchmarks: list[str], seeds: int) -> str:
+def markdown(frame: pd.DataFrame, benchmarks: list[str]) -> str:
     heads = ["Row"] + benchmarks + [f"paper {v}" for v in PAPER_COLUMNS.values()]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for _, row in frame.iterrows():
@@ -115,20 +148,17 @@ def markdown(frame: pd.DataFrame, benchmarks: list[str], seeds: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def comparisons_markdown(frame: pd.DataFrame, labels: dict[str, str], benchmarks: list[str], alpha: float) -> str:
-    """One line per comparison: A − B in points per benchmark with the Holm-adjusted p; * where real at alpha."""
-    lines = ["| A | B | " + " | ".join(benchmarks) + " |", "|---|---|" + "---|" * len(benchmarks)]
-    for (a, b), group in frame.groupby(["a", "b"], sort=False):
-        cells = []
-        for bench in benchmarks:
-            found = group[group["benchmark"] == bench]
-            if found.empty:
-                cells.append("")
-                continue
-            r = found.iloc[0]
-            mark = " *" if r["p_holm"] < alpha else ""
-            cells.append(f"{r['delta']:+.2f} (p={r['p_holm']:.2g}){mark}")
-        lines.append(f"| {labels[a]} | {labels[b]} | " + " | ".join(cells) + " |")
+def comparisons_markdown(frame: pd.DataFrame, labels: dict[str, str]) -> str:
+    """One line per comparison: A − B in points with its interval, P(a run of A beats a run of B), Holm's p, verdict."""
+    lines = [
+        "| A | B | benchmark | A − B (points) | 95% interval | P(run of A > run of B) | p (Holm) | verdict |",
+        "|---|---|---|---:|---|---:|---:|---|",
+    ]
+    for _, r in frame.iterrows():
+        lines.append(
+            f"| {labels[r['a']]} | {labels[r['b']]} | {r['benchmark']} | {r['delta']:+.2f} | "
+            f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] | {r['prob_a_beats_b']:.2f} | {r['p_holm']:.2g} | {r['verdict']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

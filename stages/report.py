@@ -9,12 +9,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline import report, stage  # noqa: E402
+from pipeline import report, seed_noise, stage  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.io import atomic_path, write_text_atomic  # noqa: E402
 from pipeline.paths import Paths  # noqa: E402
 from pipeline.recipes import STUDENT, recipes, trained_models  # noqa: E402
-from pipeline.runs import seed_dir  # noqa: E402
+from pipeline.runs import experiment_of, seed_dir, seed_identity  # noqa: E402
+from pipeline.tracking import experiment_addresses, mirror_recipe_metrics  # noqa: E402
+
+MLFLOW_UI = "http://127.0.0.1:5000"
 
 TITLES = {
     "table3": "Table 3 — verification accuracy (%) of the loss functions (AirFace paper, Table 3)",
@@ -34,6 +37,7 @@ def run(cfg: Config, paths: Paths) -> None:
     )
     metric = "accuracy_flip" if cfg.evaluate.flip else "accuracy"
     labels = {n: all_recipes[n].label for n in names}
+    alpha = cfg.evaluate.alpha
 
     tables: dict[str, list[str]] = {}
     for name in names:
@@ -46,18 +50,48 @@ def run(cfg: Config, paths: Paths) -> None:
         twins = [n for n in names if all_recipes[n].cleaned and _same_recipe(all_recipes[n], all_recipes[uncleaned[0]])]
         tables["cleaning"] = twins[:1] + uncleaned
 
+    cells = {(n, b): report.cell(reports[n], per_pair[n], b, metric, alpha).estimate for n in names for b in benchmarks}
+    noise_sections = []
     for table_name, members in tables.items():
-        frame = report.table(members, all_recipes, reports, benchmarks, metric)
+        frame = report.table(members, all_recipes, reports, per_pair, benchmarks, metric, alpha)
         pairs = report.planned_comparisons(all_recipes, members) if table_name == "table3" else _consecutive(members)
-        tests = report.comparisons(pairs, per_pair, benchmarks)
+        tests, found = report.comparisons(pairs, per_pair, benchmarks, alpha)
         text = _document(cfg, table_name, frame, tests, benchmarks, labels, metric, paths)
         write_text_atomic(paths.reports / f"{table_name}.md", text)
-        if len(tests):
-            with atomic_path(paths.reports / f"{table_name}_tests.csv") as staged:
-                tests.to_csv(staged, index=False)
+        with atomic_path(paths.reports / f"{table_name}_tests.csv") as staged:
+            tests.to_csv(staged, index=False)
         with atomic_path(paths.reports / f"{table_name}.csv") as staged:
             frame.drop(columns=[c for c in frame.columns if c.endswith(" text")]).to_csv(staged, index=False)
+        noise_sections += [
+            f"## {TITLES.get(table_name, table_name)}", "",
+            seed_noise.row_spread(frame, cells, benchmarks),
+            seed_noise.pairing_line(found),
+            "Comparisons without a verdict, and the seeds each would need (normal approximation; the pair term does "
+            "not shrink with seeds):", "",
+            seed_noise.unresolved(tests, labels),
+        ]
+    write_text_atomic(paths.reports / "seed_noise.md", _seed_noise_document(cfg, noise_sections))
+    _mirror(cfg, paths, names, all_recipes, cells, benchmarks, list(tables))
     _curves(cfg, paths, names, labels)
+
+
+def _mirror(cfg, paths, names, all_recipes, cells, benchmarks, table_names) -> None:
+    """Each recipe's mean, interval and seed count on its MLflow parent run; each table's address in the log."""
+    for name in names:
+        identity = seed_identity(paths, name, cfg.seeds[0])
+        if identity is None:
+            continue
+        metrics = {"seeds": float(len(cfg.seeds))}
+        for bench in benchmarks:
+            estimate = cells[(name, bench)]
+            if estimate is not None:
+                metrics.update({f"{bench}.mean": estimate.mean, f"{bench}.ci_low": estimate.low,
+                                f"{bench}.ci_high": estimate.high})
+        recipe = all_recipes[name]
+        mirror_recipe_metrics(cfg.tracking, paths.root, experiment_of(recipe), name, recipe.label, identity, metrics)
+    experiments = sorted({experiment_of(all_recipes[n]) for n in names} & set(table_names))
+    for experiment, address in experiment_addresses(cfg.tracking, paths.root, experiments, MLFLOW_UI).items():
+        print(f"MLflow {experiment}: {address}  (after `mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000`)")
 
 
 def _same_recipe(a, b) -> bool:
@@ -68,28 +102,40 @@ def _consecutive(members: list[str]) -> list[tuple[str, str]]:
     return [(members[i], members[0]) for i in range(1, len(members))]
 
 
-def _document(cfg, table_name, frame, tests, benchmarks, labels, metric, paths) -> str:
+def _setting(cfg: Config) -> str:
     seeds = len(cfg.seeds)
+    return (
+        f"Profile `{cfg.profile}`, crop {cfg.align.crop_size}x{cfg.align.crop_size}, {cfg.train.iterations} iterations of "
+        f"batch {cfg.train.batch_size}, {seeds} seed{'s' if seeds > 1 else ''} ({', '.join(map(str, cfg.seeds))}) per model."
+    )
+
+
+def _document(cfg, table_name, frame, tests, benchmarks, labels, metric, paths) -> str:
+    level = round(100 * (1 - cfg.evaluate.alpha))
     lines = [
         f"# {TITLES.get(table_name, table_name)}",
         "",
-        f"Profile `{cfg.profile}`, crop {cfg.align.crop_size}x{cfg.align.crop_size}, {cfg.train.iterations} iterations of "
-        f"batch {cfg.train.batch_size}, {seeds} seed{'s' if seeds > 1 else ''} ({', '.join(map(str, cfg.seeds))}). "
-        f"Figures are the FINAL checkpoint's 10-fold verification accuracy (%) "
+        _setting(cfg) + " Each cell is the FINAL checkpoint's 10-fold verification accuracy (%) "
         f"({'with' if metric == 'accuracy_flip' else 'without'} the flip test; threshold chosen on the 9 other folds), "
-        + ("mean ± sample std over seeds." if seeds > 1 else "one seed: the ± is the std over the 10 folds, not over seeds.")
-        + " The paper's columns are its published figures on real LFW / CFP-FP / AgeDB-30 (CASIA-WebFace training): "
-        "they set the ordering to compare, not the level, since our benchmarks are the synthetic protocols.",
+        f"averaged over the seeds, with its {level}% interval in brackets: a t interval whose variance adds the "
+        "run-to-run variance over seeds and the sampling variance of the pairs (pipeline/statistics.py). "
+        "Per-seed values, interval bounds and the std over folds are in the CSV beside this file. "
+        "The paper's columns are its published figures on real LFW / CFP-FP / AgeDB-30 (CASIA-WebFace training, one "
+        "run per cell): they set the ordering to compare, not the level, since our benchmarks are the synthetic protocols.",
         "",
-        report.markdown(frame, benchmarks, seeds),
+        report.markdown(frame, benchmarks),
     ]
     if len(tests):
         lines += [
-            f"Which differences are real: A − B in accuracy points on the same pairs, McNemar's exact test (pooled over "
-            f"seeds), p Holm-adjusted over the {len(tests)} tests of this table; * marks p < {cfg.evaluate.alpha}. "
-            "Each row's per-pair tallies are in the CSV beside this file.",
+            "Which differences are real. The unit is the training run: A − B is the mean over seeds of the per-seed "
+            "difference (the two recipes share each seed's batch order, flips and, for the same architecture, initial "
+            "weights), tested with a t test whose variance adds the run-to-run variance of that difference and the "
+            f"pairs' sampling variance; p is Holm-adjusted over the {len(tests)} comparisons of this table. "
+            "P(run of A > run of B) is the share of (A seed, B seed) run pairs in which A scored higher. "
+            f"A verdict needs p (Holm) < {cfg.evaluate.alpha}; otherwise it names the smallest difference this design "
+            "resolves (80% power), and reports/seed_noise.md says how many seeds it would take.",
             "",
-            report.comparisons_markdown(tests, labels, benchmarks, cfg.evaluate.alpha),
+            report.comparisons_markdown(tests, labels),
         ]
     if table_name == "cleaning":
         clean = json.loads((paths.reports / "cleaning.json").read_text())
@@ -97,10 +143,31 @@ def _document(cfg, table_name, frame, tests, benchmarks, labels, metric, paths) 
             f"Cleaning ({clean['method']}, threshold {clean['threshold']}): kept {clean['kept']} of {clean['images']} images; "
             f"dropped {clean['dropped']}, of which noisy: precision {_number(clean['precision'])}, "
             f"recall {_number(clean['recall'])} "
-            f"against the generator's label-noise ground truth ({clean['noisy']} noisy images).",
+            f"against the generator's label-noise ground truth ({clean['noisy']} noisy images). One cleaning manifest "
+            f"(from the bootstrap of seed {cfg.seeds[0]}) serves every seed: the comparison is conditional on it.",
             "",
         ]
     return "\n".join(lines)
+
+
+def _seed_noise_document(cfg: Config, sections: list[str]) -> str:
+    return "\n".join([
+        "# Seed noise: run-to-run variance against pair sampling",
+        "",
+        _setting(cfg) + " A seed sets everything random in a training run: the initial weights (`torch.manual_seed` "
+        "before the backbone and head are built), the batch order (a permutation per epoch, a function of seed and "
+        "epoch) and the horizontal flips (a function of seed and step). Models that share a seed share the batch "
+        "order and flips, and start from the same weights where the architecture and class count are the same "
+        "(common random numbers). The NS rows start from the N-Softmax model of the same seed. The cleaning "
+        "manifest comes from one bootstrap run (the first seed) and is shared by all. The synthetic data and "
+        "the pair protocols are fixed by their own seeds in params.yaml.",
+        "",
+        "Run-to-run SD: the sample SD of one run's accuracy over seeds. Pair-sampling SD of the mean: how much the "
+        "mean would move with another sample of pairs of the same protocol. When the first is larger, more seeds "
+        "help; when the second is, only more pairs do.",
+        "",
+        *sections,
+    ])
 
 
 def _number(value: float | None) -> str:

@@ -77,6 +77,37 @@ def test_second_repro_does_nothing(project):
     assert stages_run(again) == set(), again
 
 
+def test_every_written_file_is_a_declared_output(project):
+    root, env, params, first = project
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    declared = [Path(out["path"]) for stage in lock.values() for out in stage.get("outs", [])]
+    written = [p.relative_to(root) for top in ("data", "reports") for p in (root / top).rglob("*") if p.is_file()]
+    undeclared = [str(p) for p in written if not any(p == out or out in p.parents for out in declared)]
+    assert written and not undeclared, undeclared
+
+
+def test_tables_have_seed_intervals_and_run_level_verdicts(project):
+    root, env, params, first = project
+    table3 = (root / "reports" / "table3.md").read_text()
+    assert re.search(r"\| N-Softmax \| \d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]", table3), table3
+    assert "p (Holm)" in table3 and ("A better" in table3 or "not resolved with 2 seeds" in table3)
+    noise = (root / "reports" / "seed_noise.md").read_text()
+    assert "Run-to-run SD" in noise and "Pairing by seed" in noise
+
+
+def test_the_tables_do_not_depend_on_the_tracking_store(project):
+    root, env, params, first = project
+    before = {name: (root / "reports" / name).read_text() for name in ("table3.md", "table3.csv", "seed_noise.md")}
+    (root / "mlflow.db").unlink()  # emptied, moved, or another machine: MLflow only mirrors
+    shutil.rmtree(root / "mlruns", ignore_errors=True)
+    run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "evaluate@cosface"], root, env)
+    run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "report"], root, env)
+    assert {name: (root / "reports" / name).read_text() for name in before} == before
+    with sqlite3.connect(root / "mlflow.db") as db:  # the evaluation re-created its seed runs in a new store
+        rows = {r[0] for r in db.execute("select value from tags where key = 'row'")}
+    assert "cosface" in rows
+
+
 def test_changing_one_margin_reruns_that_row_only(project):
     root, env, params, first = project
     params["rows"]["cosface"]["margins"]["m"] = 0.3
