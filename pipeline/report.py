@@ -91,24 +91,29 @@ def table(
     return pd.DataFrame.from_records(records)
 
 
-def compare(a_pairs: pd.DataFrame, b_pairs: pd.DataFrame, benchmark: str, alpha: float) -> RunComparison | None:
+def compare(
+    a_pairs: pd.DataFrame, b_pairs: pd.DataFrame, benchmark: str, alpha: float, family_size: int
+) -> RunComparison | None:
     """A against B on the seeds both have figures for (paired by seed), or None when they share none."""
     seeds_a, _ = correctness(a_pairs, benchmark)
     seeds_b, _ = correctness(b_pairs, benchmark)
     common = sorted(set(seeds_a) & set(seeds_b))
     if not common:
         return None
-    return compare_runs(correctness(a_pairs, benchmark, common)[1], correctness(b_pairs, benchmark, common)[1], alpha)
+    a, b = correctness(a_pairs, benchmark, common)[1], correctness(b_pairs, benchmark, common)[1]
+    return compare_runs(a, b, alpha, family_size=family_size)
 
 
 def comparisons(
     pairs_of_models: list[tuple[str, str]], per_pair: dict[str, pd.DataFrame], benchmarks: list[str], alpha: float
 ) -> tuple[pd.DataFrame, list[RunComparison]]:
-    """Every planned (a, b, benchmark) as a seed-paired test; Holm over the whole family; a verdict for each."""
+    """Every planned (a, b, benchmark) as a seed-paired test; Holm over the whole family; a verdict for each, whose
+    smallest resolvable difference is at the family's level."""
     records, found = [], []
+    family_size = len(pairs_of_models) * len(benchmarks)
     for a, b in pairs_of_models:
         for bench in benchmarks:
-            result = compare(per_pair[a], per_pair[b], bench, alpha)
+            result = compare(per_pair[a], per_pair[b], bench, alpha, family_size)
             if result is None:
                 continue  # a diverged model has no runs to compare
             found.append(result)

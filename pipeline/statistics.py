@@ -200,7 +200,9 @@ def _seeds_needed(delta: float, run_variance: float, pair_variance: float, alpha
     return max(2, math.ceil(run_variance / room))
 
 
-def compare_runs(correct_a: ArrayLike, correct_b: ArrayLike, alpha: float = 0.05, power: float = 0.8) -> RunComparison:
+def compare_runs(
+    correct_a: ArrayLike, correct_b: ArrayLike, alpha: float = 0.05, power: float = 0.8, family_size: int = 1
+) -> RunComparison:
     """Seed- and pair-paired comparison of two recipes: Welch-Satterthwaite t test on d = A - B.
 
     Row s of A and of B share a seed (common random numbers) and column j the same verification pair,
@@ -216,8 +218,13 @@ def compare_runs(correct_a: ArrayLike, correct_b: ArrayLike, alpha: float = 0.05
     seeded run of A scores above one of B on these pairs (with 3 seeds, a multiple of 1/18).
     seeds_needed: see _seeds_needed; None means "not resolvable on this pair set at any number of
     seeds" (or delta = 0, or one seed).
+    mde and seeds_needed are at alpha / family_size (Bonferroni, the strictest step of Holm over a family of
+    that many comparisons), so a comparison that the family's verdict leaves unresolved always has |delta|
+    below its mde; the interval and p stay at the comparison's own alpha.
     """
     _check_alpha(alpha)
+    if family_size < 1:
+        raise ValueError(f"family_size must be >= 1, got {family_size}")
     if not 0.5 <= power < 1.0:
         raise ValueError(f"power must lie in [0.5, 1), got {power}")
     a = _as_correctness("correct_a", correct_a)
@@ -227,7 +234,9 @@ def compare_runs(correct_a: ArrayLike, correct_b: ArrayLike, alpha: float = 0.05
     s, n = a.shape
     spread = _decompose(a.astype(np.float64) - b.astype(np.float64))
     t_statistic, p_value = _t_test(spread.mean, spread.se, spread.df)
-    crit, t_power = (float(q) for q in stats.t.ppf([1 - alpha / 2, power], spread.df))
+    crit, crit_family, t_power = (
+        float(q) for q in stats.t.ppf([1 - alpha / 2, 1 - alpha / (2 * family_size), power], spread.df)
+    )
     counts_a = a.sum(axis=1)
     counts_b = b.sum(axis=1)
     return RunComparison(
@@ -244,8 +253,8 @@ def compare_runs(correct_a: ArrayLike, correct_b: ArrayLike, alpha: float = 0.05
         seed_differences=tuple(float(v) for v in spread.seed_values),
         prob_a_beats_b=_prob_beats(counts_a, counts_b),
         power=power,
-        mde=(crit + t_power) * spread.se,
-        seeds_needed=_seeds_needed(spread.mean, spread.run_variance, spread.pair_variance, alpha, power),
+        mde=(crit_family + t_power) * spread.se,
+        seeds_needed=_seeds_needed(spread.mean, spread.run_variance, spread.pair_variance, alpha / family_size, power),
         run_variance=spread.run_variance,
         run_variance_a=float(np.var(counts_a / n, ddof=1)) if s > 1 else math.nan,
         run_variance_b=float(np.var(counts_b / n, ddof=1)) if s > 1 else math.nan,
@@ -258,7 +267,7 @@ def compare_runs(correct_a: ArrayLike, correct_b: ArrayLike, alpha: float = 0.05
 
 def verdict(comparison: RunComparison, p_holm: float, alpha: float = 0.05) -> str:
     """"A better", "B better", or "not resolved with S seeds: the smallest difference this design
-    resolves is X points" (X = comparison.mde in accuracy points, at the comparison's own alpha)."""
+    resolves is X points" (X = comparison.mde in accuracy points, at the family's Bonferroni level)."""
     _check_alpha(alpha)
     if not 0.0 <= p_holm <= 1.0:
         raise ValueError(f"p_holm must lie in [0, 1], got {p_holm}")

@@ -108,6 +108,22 @@ def test_the_tables_do_not_depend_on_the_tracking_store(project):
     assert "cosface" in rows
 
 
+def test_a_bad_parameter_stops_before_any_output_is_removed(project):
+    root, env, params, first = project
+    good = (root / "params.yaml").read_text()
+    bad = yaml.safe_load(good)
+    bad["train"]["lr"] = -1.0
+    (root / "params.yaml").write_text(yaml.safe_dump(bad, sort_keys=False))
+    try:
+        result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+    finally:
+        (root / "params.yaml").write_text(good)
+    assert result.returncode != 0 and "train.lr" in result.stdout + result.stderr
+    assert stages_run(result.stdout) == {"validate"}
+    assert (root / "reports" / "data.json").is_file() and (root / "reports" / "cleaning.json").is_file()
+    assert any((root / "data" / "raw").iterdir())
+
+
 def test_changing_one_margin_reruns_that_row_only(project):
     root, env, params, first = project
     params["rows"]["cosface"]["margins"]["m"] = 0.3

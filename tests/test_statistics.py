@@ -289,6 +289,20 @@ def test_mde_and_seeds_needed() -> None:
     assert result.seeds_needed == needed and needed > 2 and not resolves(needed - 1)
 
 
+def test_a_family_raises_the_resolvable_difference_to_its_bonferroni_level() -> None:
+    a, b = _Model(shift=0.3).simulate(seed=4, tables=1)
+    alone, family = compare_runs(a[0], b[0]), compare_runs(a[0], b[0], family_size=30)
+    t = stats.t
+    assert family.mde == pytest.approx((t.ppf(1 - 0.05 / 60, family.df) + t.ppf(0.8, family.df)) * family.se)
+    assert family.mde > alone.mde and (family.low, family.high, family.p_value) == (alone.low, alone.high, alone.p_value)
+    assert family.seeds_needed is not None and alone.seeds_needed is not None and family.seeds_needed > alone.seeds_needed
+    # the invariant the verdict text relies on: a comparison the family leaves unresolved is below its mde
+    p_holm = min(1.0, 30 * family.p_value)
+    assert p_holm <= 0.05 or abs(family.delta) < family.mde
+    with pytest.raises(ValueError, match="family_size"):
+        compare_runs(a[0], b[0], family_size=0)
+
+
 def test_pair_term_alone_too_large_needs_infinitely_many_seeds() -> None:
     # A is right on 101 pairs B always misses, B on 100 pairs A always misses: delta 0.1 points, but
     # a pair term of about 1.4 points no number of seeds can shrink.

@@ -1,0 +1,86 @@
+"""The report stage on made-up evaluations: cells are means over seeds with intervals, comparisons are seed-paired
+with verdicts, per-seed values reach the CSV, and the seed-noise report names what each unresolved comparison needs."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import config
+from pipeline.config import PROJECT_ROOT
+from pipeline.paths import Paths
+from pipeline.recipes import trained_models
+from pipeline.runs import seed_dir
+from stages import report as report_stage
+
+BENCHMARKS = ("synth-lfw", "synth-cfp-fp")
+PAIRS = 400
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    cfg = config.load(PROJECT_ROOT / "params.yaml", "smoke")
+    cfg = cfg.model_copy(update={"seeds": [0, 1, 2], "tracking": cfg.tracking.model_copy(update={"enabled": False})})
+    paths = Paths(root)
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(0, 1.0, size=PAIRS)  # the same pairs for every model and seed
+    level = {"li_arcface_m040": 2.5, "pretrain": 0.6}  # one clearly better row; the rest alike
+    for name in trained_models(cfg):
+        seeds, frames = {}, []
+        for seed in cfg.seeds:
+            seeds[str(seed)] = {"diverged_at_step": None, "train": {}, "benchmarks": {}}
+            for bench in BENCHMARKS:
+                logit = level.get(name, 0.8) + difficulty + rng.normal(0, 0.15)
+                correct = rng.random(PAIRS) < 1 / (1 + np.exp(-logit))
+                seeds[str(seed)]["benchmarks"][bench] = {
+                    "accuracy": correct.mean(), "accuracy_std": 0.02, "accuracy_flip": correct.mean(),
+                    "accuracy_flip_std": 0.02,
+                }
+                frames.append(pd.DataFrame({"seed": seed, "benchmark": bench, "pair": range(PAIRS), "correct": correct}))
+            (seed_dir(paths, name, seed)).mkdir(parents=True)
+            (seed_dir(paths, name, seed) / "train.json").write_text(json.dumps({"curve": []}))
+        paths.metrics("eval", name).parent.mkdir(parents=True, exist_ok=True)
+        paths.metrics("eval", name).write_text(json.dumps({"model": name, "flip": True, "seeds": seeds}))
+        paths.eval_dir(name).mkdir(parents=True)
+        pd.concat(frames).to_parquet(paths.eval_dir(name) / "pairs.parquet")
+    (paths.reports / "cleaning.json").write_text(json.dumps(
+        {"method": "class_spread", "threshold": 2.5, "kept": 90, "images": 100, "dropped": 10, "precision": 0.5,
+         "recall": 0.5, "noisy": 10}))
+    report_stage.run(cfg, paths)
+    return cfg, paths
+
+
+def test_cells_are_means_over_seeds_with_their_interval(project):
+    cfg, paths = project
+    frame = pd.read_csv(paths.reports / "table3.csv")
+    row = frame[frame["model"] == "li_arcface_m040"].iloc[0]
+    seeds = [float(v) for v in row["synth-lfw seed values"].split(";")]
+    assert len(seeds) == 3 and row["synth-lfw"] == pytest.approx(np.mean(seeds), abs=0.01)
+    assert row["synth-lfw ci_low"] < row["synth-lfw"] < row["synth-lfw ci_high"]
+    assert row["synth-lfw fold sd"] == pytest.approx(2.0)
+    text = (paths.reports / "table3.md").read_text()
+    assert f"| {row['label']} | {row['synth-lfw']:.2f} [{row['synth-lfw ci_low']:.2f}, {row['synth-lfw ci_high']:.2f}]" in text
+
+
+def test_comparisons_are_seed_paired_with_verdicts(project):
+    cfg, paths = project
+    tests = pd.read_csv(paths.reports / "table3_tests.csv")
+    better = tests[(tests["a"] == "li_arcface_m040") & (tests["b"] == "pretrain")]
+    assert (better["prob_a_beats_b"] == 1.0).all() and (better["delta"] > 15).all()
+    assert (better["verdict"] == "A better").any()
+    alike = tests[(tests["a"] == "cosface") & (tests["b"] == "pretrain")]
+    assert alike["verdict"].str.startswith("not resolved with 3 seeds: the smallest difference").all()
+    unresolved = tests[tests["verdict"].str.startswith("not resolved")]
+    assert (unresolved["delta"].abs() < unresolved["mde"]).all()  # the text's "smallest resolvable" is honest
+    assert (tests["p_holm"] >= tests["p"]).all() and (tests["seeds"] == 3).all()
+    assert "| Li-ArcFace (m=0.4) | N-Softmax | synth-lfw |" in (paths.reports / "table3.md").read_text()
+
+
+def test_seed_noise_report_covers_every_table(project):
+    cfg, paths = project
+    noise = (paths.reports / "seed_noise.md").read_text()
+    for title in ("Table 3", "Table 2", "Distillation", "Cleaning"):
+        assert f"## {title}" in noise
+    assert "Pairing by seed" in noise and "seeds needed" in noise
+    assert "A seed sets everything random" in noise
