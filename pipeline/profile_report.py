@@ -63,9 +63,14 @@ def _pct(value: float | None) -> str:
 
 def markdown(profile: str, run: dict[str, Any], data: dict[str, Any], detection: list[dict[str, Any]],
              accuracy: list[dict[str, Any]]) -> str:
+    what = "of the whole pipeline"
+    if "stages_run" in run:  # a later call in the same clone reruns only what changed: say so, or its time misleads
+        ran = run["stages_run"]
+        what = ("ran no stage (every stage was up to date)" if not ran else
+                f"ran {len(ran)} stage(s)" + (f": {', '.join(ran)}" if len(ran) <= 10 else ""))
     lines = [
         f"# The `{profile}` profile", "",
-        f"`bash scripts/reproduce-profile {' '.join([profile, run.get('overrides', '')]).strip()}` at commit `{run['commit']}`: `dvc repro` of the whole pipeline in "
+        f"`bash scripts/reproduce-profile {' '.join([profile, run.get('overrides', '')]).strip()}` at commit `{run['commit']}`: `dvc repro` {what} in "
         f"a clone, {run['seconds']:,} s ({run['seconds'] / 60:.1f} min) wall time on {run['cpus']} CPU(s); load "
         f"average (1/5/15 min) {run['load_before']} before, {run['load_after']} after. The run's own tables are "
         "beside this file (table3.md has the paired tests).", "",
@@ -141,9 +146,12 @@ def main() -> None:
     parser.add_argument("--load-after", required=True)
     parser.add_argument("--commit", required=True)
     parser.add_argument("--overrides", default="", help="the KEY=VALUE arguments the run was given")
+    parser.add_argument("--stages-run", default=None, help="the stages `dvc repro` ran, space-separated")
     args = parser.parse_args()
     run = {"commit": args.commit, "overrides": args.overrides, "seconds": args.seconds, "cpus": os.cpu_count(),
            "load_before": args.load_before, "load_after": args.load_after}
+    if args.stages_run is not None:
+        run["stages_run"] = args.stages_run.split()
     collect(args.work, args.out, args.profile, run)
     print(f"wrote {args.out}/table.md")
 

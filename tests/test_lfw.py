@@ -1,9 +1,10 @@
 """LFW ingestion (pipeline/data/lfw.py) on a small fake LFW tree, the source switch (pipeline/data/ingest.py),
 held-out persons for the folders job (pipeline/data/folders.py), and the lfw profile. Tests on the real LFW CSVs
-skip when the LFW root ($FACEREPRO_LFW or /work/shared/data/lfw) is absent."""
+skip when the LFW root ($FACEREPRO_LFW, else the lfw profile's ../shared/data/lfw) is absent."""
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,27 @@ def test_a_synthetic_model_also_gets_view2(fake_lfw, tmp_path):
     summary = prepare_raw(data, tmp_path / "raw")
     names = sorted(p.name for p in (tmp_path / "raw" / "benchmarks").iterdir())
     assert lfw.VIEW2 in names and lfw.DEVTEST not in names and summary[lfw.VIEW2]["pairs"] == 8
+
+
+def test_a_relative_lfw_root_resolves_against_the_project_root(fake_lfw, tmp_path, monkeypatch):
+    # params.yaml's paths are project-relative: a stage or test started from another folder reads the same LFW
+    relative = os.path.relpath(fake_lfw, config.PROJECT_ROOT)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert lfw.resolve_root(relative) == fake_lfw
+    summary = prepare_raw(data_config(source="lfw", lfw_root=relative, lfw_min_images=4), tmp_path / "raw")
+    assert summary["root"] == relative and summary["train"]["persons"] == 3  # the summary keeps no machine path
+    monkeypatch.setenv(lfw.LFW_ENV, relative)
+    assert lfw.lfw_root_from_env() == fake_lfw
+    with pytest.raises(FileNotFoundError, match=r"data.lfw_root nowhere \(.*nowhere\)"):
+        lfw.lfw_to_raw("nowhere", tmp_path / "raw2")
+
+
+def test_the_lfw_profile_reads_lfw_beside_the_project(monkeypatch):
+    # no machine path in params.yaml: the lfw profile's root is ../shared/data/lfw from the project root
+    assert config.load(profile="lfw").data.lfw_root == "../shared/data/lfw"
+    monkeypatch.delenv(lfw.LFW_ENV, raising=False)
+    assert lfw.lfw_root_from_env() == config.PROJECT_ROOT.parent / "shared" / "data" / "lfw"
 
 
 def yaml_profile_data(profile: str) -> dict:

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline import config
 from pipeline.data.folders import balanced_folds
 from pipeline.data.images import CorruptImageError, normalise_encoded
 from pipeline.data.records import NO_LANDMARKS, FaceRecord, write_benchmark, write_records
 
-LFW_ENV = "FACEREPRO_LFW"  # where tests look for LFW; else the first of TEST_ROOTS that exists
-TEST_ROOTS = (Path(__file__).resolve().parents[3] / "shared" / "data" / "lfw", Path("/work/shared/data/lfw"))
+LFW_ENV = "FACEREPRO_LFW"  # where tests and benchmarks look for LFW; else the lfw profile's data.lfw_root
 DEVTEST = "lfw-devtest"
 VIEW2 = "lfw-view2"
 PAIR_FILES = {DEVTEST: "pairs_devtest.csv", VIEW2: "pairs_view2.csv"}
@@ -33,12 +33,22 @@ DEVTEST_FOLDS = 10
 SPLITS = ("devtrain", "devtest")
 
 
+def resolve_root(root: str | os.PathLike[str]) -> Path:
+    """A relative LFW root is relative to the project root, as every path in params.yaml is, not to the working
+    directory, so `../shared/data/lfw` means the same folder wherever a stage or a test is started."""
+    path = Path(root).expanduser()
+    return path if path.is_absolute() else Path(os.path.normpath(config.PROJECT_ROOT / path))
+
+
 def lfw_root_from_env() -> Path:
-    """$FACEREPRO_LFW, else ../shared/data/lfw beside the project, else /work/shared/data/lfw (tests skip when the
-    one returned lacks labels.csv)."""
-    if LFW_ENV in os.environ:
-        return Path(os.environ[LFW_ENV])
-    return next((root for root in TEST_ROOTS if (root / "labels.csv").is_file()), TEST_ROOTS[0])
+    """$FACEREPRO_LFW, else the lfw profile's data.lfw_root in params.yaml; relative to the project root (tests
+    skip when the one returned lacks labels.csv)."""
+    if os.environ.get(LFW_ENV):
+        return resolve_root(os.environ[LFW_ENV])
+    root = config.load(profile="lfw").data.lfw_root
+    if not root:
+        raise ValueError(f"params.yaml: profiles.lfw.data.lfw_root is empty; set it or ${LFW_ENV} to the LFW root")
+    return resolve_root(root)
 
 
 def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
@@ -56,7 +66,7 @@ def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
 
 def read_labels(root: str | os.PathLike[str]) -> pd.DataFrame:
     """labels.csv: one row per photo (image, identity, view1_split)."""
-    path = Path(root) / "labels.csv"
+    path = resolve_root(root) / "labels.csv"
     labels = _read_csv(path, ["image", "identity", "view1_split"])
     unknown = sorted(set(labels["view1_split"]) - set(SPLITS))
     if unknown:
@@ -71,7 +81,7 @@ def read_pairs(root: str | os.PathLike[str], protocol: str) -> pd.DataFrame:
     """A pair protocol's CSV (img_a, img_b, same as bool, fold)."""
     if protocol not in PAIR_FILES:
         raise ValueError(f"unknown LFW protocol {protocol!r}; known: {', '.join(PAIR_FILES)}")
-    path = Path(root) / PAIR_FILES[protocol]
+    path = resolve_root(root) / PAIR_FILES[protocol]
     pairs = _read_csv(path, ["img_a", "img_b", "same", "fold"])
     if not set(pairs["same"].unique()) <= {0, 1}:
         raise ValueError(f"{path}: column 'same' must hold 0 or 1")
@@ -119,7 +129,7 @@ def person_of(image: str) -> str:
 
 def write_protocol(root: str | os.PathLike[str], protocol: str, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Write one pair protocol as a benchmark (`images.parquet`, `pairs.parquet`); returns its summary."""
-    root = Path(root)
+    root = resolve_root(root)
     images, pairs = protocol_pairs(read_pairs(root, protocol), protocol)
     persons = {name: i for i, name in enumerate(sorted({person_of(image) for image in images}))}
     write_benchmark(out_dir, [_record(root, image, persons[person_of(image)]) for image in images], pairs)
@@ -132,9 +142,10 @@ def write_protocol(root: str | os.PathLike[str], protocol: str, out_dir: str | o
 def lfw_to_raw(root: str | os.PathLike[str], out_dir: str | os.PathLike[str], min_images: int = 4,
                skip_corrupt: bool = False) -> dict[str, Any]:
     """`out_dir/train` (DevTrain persons with >= min_images photos) and `out_dir/benchmarks/lfw-devtest`."""
-    root, out_dir = Path(root), Path(out_dir)
+    given, root, out_dir = str(root), resolve_root(root), Path(out_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"data.lfw_root {root} does not exist or is not a directory")
+        where = given if given == str(root) else f"{given} ({root})"
+        raise FileNotFoundError(f"data.lfw_root {where} does not exist or is not a directory")
     train = training_persons(read_labels(root), min_images)
     devtest_persons = {person_of(p) for p in read_pairs(root, DEVTEST)[["img_a", "img_b"]].to_numpy().ravel()}
     shared = sorted(devtest_persons & set(train["identity"]))
@@ -154,7 +165,7 @@ def lfw_to_raw(root: str | os.PathLike[str], out_dir: str | os.PathLike[str], mi
     written = write_records(out_dir / "train", records())
     devtest = write_protocol(root, DEVTEST, out_dir / "benchmarks" / DEVTEST)
     return {
-        "root": str(root), "min_images": min_images, "train": {"persons": int(train["label"].nunique()),
+        "root": given, "min_images": min_images, "train": {"persons": int(train["label"].nunique()),
         "images": written, "skipped": skipped}, "protocols": {DEVTEST: devtest},
         "evaluated_on": f"{DEVTEST}: View 1 DevTest pairs, persons disjoint from the DevTrain persons trained on",
         "not_evaluated": f"{VIEW2}: View 2 shares persons with DevTrain, so it would score faces seen in training",
