@@ -286,8 +286,9 @@ ENGINE_STEPS = 5  # 2.5 epochs of 40 images in global batches of 16
 
 
 def train_config(**fields) -> TrainConfig:
-    """params.yaml's cpu train section (the one source of defaults), curves off, with the test's fields."""
-    return TrainConfig(**{**config.load(profile="cpu").train.model_dump(), "curve_every": 0, **fields})
+    """params.yaml's cpu train section (the one source of defaults), curves off, eager (compiling has its own
+    tests), with the test's fields."""
+    return TrainConfig(**{**config.load(profile="cpu").train.model_dump(), "curve_every": 0, "compile": "none", **fields})
 
 
 def engine_job(mode: str, ctx: DistContext | None, lr: float = LR) -> TrainJob:

@@ -24,8 +24,9 @@ def tiny_dataset(n=48, classes=4, seed=0):
 
 
 def train_config(**fields) -> TrainConfig:
-    """params.yaml's cpu train section (the one source of defaults), curves off, with the test's fields."""
-    return TrainConfig(**{**config.load(profile="cpu").train.model_dump(), "curve_every": 0, **fields})
+    """params.yaml's cpu train section (the one source of defaults), curves off, eager (compiling has its own
+    tests), with the test's fields."""
+    return TrainConfig(**{**config.load(profile="cpu").train.model_dump(), "curve_every": 0, "compile": "none", **fields})
 
 
 def make_job(iterations=8, seed=3, head="li_arcface", lr=0.05, **train_overrides):

@@ -514,13 +514,13 @@ def test_a_failing_stage_fails_the_run_with_its_message_and_a_rerun_trains_nothi
     params_file = project.root / "params.yaml"
     good = params_file.read_text()
     broken = yaml.safe_load(good)
-    broken["evaluate"]["fars"] = [2.0]  # valid params to load, refused by the evaluation stage itself
+    broken["evaluate"]["folds"] = 5  # valid params (stages.validate passes them), refused by the evaluation itself
     params_file.write_text(yaml.safe_dump(broken, sort_keys=False))
 
     result, run = project.trigger("reproduce-table3/cpu", rows=["cosface"])
     assert result.returncode != 0 and run["state"]["type"] == "FAILED"
     message = run["state"]["message"]
-    assert "stage evaluate failed:" in message and "2.0" in message, message
+    assert "stage evaluate failed:" in message and "evaluate.folds is 5" in message, message
     tasks = project.task_runs(run)
     assert tasks["evaluate@cosface"]["state_type"] == "FAILED"
     assert tasks["evaluate@cosface"]["run_count"] == 1  # its own error: not retried
