@@ -26,6 +26,11 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _shown(path: Path) -> str:
+    """A path as the report records it: relative to the project, so no machine's layout is committed."""
+    return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
 sys.path.insert(0, str(ROOT))
 
 from pipeline.evaluate.identification import evaluate_identification  # noqa: E402
@@ -218,7 +223,7 @@ def main() -> None:
         "command": " ".join(["nice -n 15 python benchmarks/identification_memory.py", *sys.argv[1:]]),
         "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("child")},
+        "args": {k: (_shown(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("child")},
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "rows": rows,

@@ -1,7 +1,7 @@
 """Face detection (pipeline/detect.py) and the align stage's use of it (pipeline/data/align_records.py).
 
 facenet-pytorch is a dependency, so the MTCNN tests always run; LFW tests skip when the LFW root ($FACEREPRO_LFW or
-/work/shared/data/lfw) is absent.
+the lfw profile's data.lfw_root, ../shared/data/lfw from the project root) is absent.
 """
 from __future__ import annotations
 
