@@ -117,6 +117,7 @@ def test_reproduce_profile_reruns_only_what_changed_and_resumes(tmp_path):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     commit(project, "cosface m=0.3")
     fourth = reproduce(project, env, 4)
-    assert stages_run(fourth) == {f"train@{CHANGED_ROW}", f"evaluate@{CHANGED_ROW}", "report"}, fourth
+    # validate checks the changed params.yaml (a second, writing the same marker), then the row, its evaluation, the report
+    assert stages_run(fourth) == {"validate", f"train@{CHANGED_ROW}", f"evaluate@{CHANGED_ROW}", "report"}, fourth
     clone_params = yaml.safe_load((clone / "params.yaml").read_text())
     assert (clone / clone_params["profiles"][PROFILE]["data"]["folders_root"]).resolve() == (tmp_path / "photos").resolve()
