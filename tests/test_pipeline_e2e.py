@@ -118,8 +118,9 @@ def test_a_bad_parameter_stops_before_any_output_is_removed(project):
         result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
     finally:
         (root / "params.yaml").write_text(good)
-    assert result.returncode != 0 and "train.lr" in result.stdout + result.stderr
-    assert stages_run(result.stdout) == {"validate"}
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "train.lr" in output, output
+    assert stages_run(output) == {"validate"}, output
     assert (root / "reports" / "data.json").is_file() and (root / "reports" / "cleaning.json").is_file()
     assert any((root / "data" / "raw").iterdir())
 
