@@ -36,7 +36,7 @@ from pipeline.data.synthetic import YawMode, make_identity, neutral, render  # n
 from pipeline.data.synthetic.nuisance import sample  # noqa: E402
 from pipeline.data.synthetic.spec import NuisanceSpec  # noqa: E402
 from pipeline.detect import DetectorSpec, MtcnnDetector, select_face  # noqa: E402
-from pipeline.io import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
+from pipeline.atomic_io import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
 
 YAW_BINS = [(0.0, 10.0), (10.0, 25.0), (25.0, 45.0), (45.0, 90.0)]
 POINTS = ["left eye", "right eye", "nose", "left mouth", "right mouth"]

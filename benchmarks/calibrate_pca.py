@@ -31,7 +31,7 @@ from pipeline.data.images import decode_image  # noqa: E402
 from pipeline.data.records import FaceRecord, iter_records, read_benchmark  # noqa: E402
 from pipeline.data.synthetic import SyntheticSpec, generate  # noqa: E402
 from pipeline.evaluate.verification import verification_accuracy  # noqa: E402
-from pipeline.io import write_json_atomic, write_text_atomic  # noqa: E402
+from pipeline.atomic_io import write_json_atomic, write_text_atomic  # noqa: E402
 
 VARIANTS = {"grey56": (56, True), "rgb56": (56, False), "grey112": (112, True)}
 

@@ -66,7 +66,7 @@ from pipeline.data.synthetic.protocols import ImageJob  # noqa: E402
 from pipeline.evaluate.embeddings import evaluate_pairs  # noqa: E402
 from pipeline.heads import sharded as sharded_module  # noqa: E402
 from pipeline.heads.sharded import ShardedMarginHead  # noqa: E402
-from pipeline.io import write_json_atomic, write_text_atomic  # noqa: E402
+from pipeline.atomic_io import write_json_atomic, write_text_atomic  # noqa: E402
 from pipeline.models.complexity import count_macs  # noqa: E402
 from pipeline.recipes import Recipe  # noqa: E402
 from pipeline.train import checkpoint, distributed  # noqa: E402

@@ -34,7 +34,7 @@ def _shown(path: Path) -> str:
 sys.path.insert(0, str(ROOT))
 
 from pipeline.evaluate.identification import evaluate_identification  # noqa: E402
-from pipeline.io import write_json_atomic, write_text_atomic  # noqa: E402
+from pipeline.atomic_io import write_json_atomic, write_text_atomic  # noqa: E402
 
 MIB = 2**20
 FARS = (1e-4, 1e-5, 1e-6, 1e-9)  # 1e-9 is below 1 / impostor pairs here: reported as not measurable

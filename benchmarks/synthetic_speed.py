@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.data.synthetic import SyntheticSpec, generate, plan_training, render  # noqa: E402
 from pipeline.data.synthetic.generate import encode_png, render_record  # noqa: E402
 from pipeline.data.synthetic.protocols import PROTOCOLS  # noqa: E402
-from pipeline.io import write_json_atomic  # noqa: E402
+from pipeline.atomic_io import write_json_atomic  # noqa: E402
 
 
 def cpu_model() -> str:

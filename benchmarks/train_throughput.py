@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import heads, models  # noqa: E402
 from pipeline.heads.sharded import ShardedMarginHead  # noqa: E402
-from pipeline.io import write_json_atomic, write_text_atomic  # noqa: E402
+from pipeline.atomic_io import write_json_atomic, write_text_atomic  # noqa: E402
 from pipeline.train import distributed  # noqa: E402
 from pipeline.train.compilation import compile_for_training  # noqa: E402
 from pipeline.train.optim import make_optimizer, parameter_groups  # noqa: E402

@@ -27,7 +27,7 @@ from pipeline.data.align_records import DetectionTally, align_record, detector_f
 from pipeline.data.loader import load_benchmark_arrays  # noqa: E402
 from pipeline.data.records import read_benchmark, write_benchmark  # noqa: E402
 from pipeline.evaluate.embeddings import evaluate_pairs  # noqa: E402
-from pipeline.io import write_json_atomic, write_text_atomic  # noqa: E402
+from pipeline.atomic_io import write_json_atomic, write_text_atomic  # noqa: E402
 from pipeline.paths import Paths  # noqa: E402
 from pipeline.recipes import recipes  # noqa: E402
 from pipeline.runs import load_backbone, seed_dir  # noqa: E402

@@ -14,7 +14,7 @@ import yaml
 
 from pipeline import config
 from pipeline.config import Config
-from pipeline.io import write_text_atomic
+from pipeline.atomic_io import write_text_atomic
 
 
 def set_override(section: dict[str, Any], item: str) -> None:

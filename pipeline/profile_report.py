@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import atomic_path, write_json_atomic
+from pipeline.atomic_io import atomic_path, write_json_atomic
 
 # the run's outputs copied as they are (those that exist): the report stage's tables and the data/align summaries
 COPIED = (

@@ -1,6 +1,6 @@
 """Tables from the evaluation metrics, with the training run as the unit of evidence.
 
-A cell is the mean over seeds with its 95% interval (pipeline.statistics.cell_estimate: run-to-run and
+A cell is the mean over seeds with its 95% interval (pipeline.run_statistics.cell_estimate: run-to-run and
 pair-sampling variance); a comparison is paired by seed and by pair (compare_runs), Holm-adjusted over the
 table's family, with a plain verdict. The published figures stand beside ours for the ordering, not the level.
 """
@@ -14,7 +14,7 @@ import pandas as pd
 
 from pipeline.evaluate.significance import holm_bonferroni
 from pipeline.recipes import PRETRAIN, Recipe
-from pipeline.statistics import CellEstimate, RunComparison, cell_estimate, compare_runs, verdict
+from pipeline.run_statistics import CellEstimate, RunComparison, cell_estimate, compare_runs, verdict
 
 PAPER_COLUMNS = {"lfw": "LFW", "cfp_fp": "CFP-FP", "agedb": "AgeDB"}
 COMPARISON_COLUMNS = [

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from pipeline.statistics import RunComparison, pairing_gain
+from pipeline.run_statistics import RunComparison, pairing_gain
 
 
 def row_spread(frame: pd.DataFrame, per_cell: dict[tuple[str, str], object], benchmarks: list[str]) -> str:

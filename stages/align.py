@@ -7,7 +7,7 @@ from __future__ import annotations
 from pipeline import stage
 from pipeline.config import Config
 from pipeline.data.align_records import align_dataset, detector_from_config
-from pipeline.io import write_json_atomic
+from pipeline.atomic_io import write_json_atomic
 from pipeline.paths import Paths
 
 

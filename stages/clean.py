@@ -11,7 +11,7 @@ from pipeline.data.images import decode_image
 from pipeline.data.records import iter_records, read_metadata
 from pipeline.devices import resolve_device
 from pipeline.evaluate.embeddings import extract_embeddings
-from pipeline.io import atomic_path, write_json_atomic
+from pipeline.atomic_io import atomic_path, write_json_atomic
 from pipeline.paths import Paths
 from pipeline.recipes import BOOTSTRAP
 from pipeline.runs import file_digest, load_backbone, seed_dir, train_recipe

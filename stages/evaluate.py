@@ -13,7 +13,7 @@ from pipeline.config import Config
 from pipeline.data.loader import load_benchmark_arrays
 from pipeline.devices import resolve_device
 from pipeline.evaluate.embeddings import evaluate_pairs
-from pipeline.io import atomic_path, write_json_atomic
+from pipeline.atomic_io import atomic_path, write_json_atomic
 from pipeline.paths import Paths
 from pipeline.recipes import Recipe, recipes
 from pipeline.runs import experiment_of, identity_of, load_backbone, seed_dir, start_tracker

@@ -11,7 +11,7 @@ import pandas as pd  # noqa: E402
 
 from pipeline import report, seed_noise, stage  # noqa: E402
 from pipeline.config import Config  # noqa: E402
-from pipeline.io import atomic_path, write_text_atomic  # noqa: E402
+from pipeline.atomic_io import atomic_path, write_text_atomic  # noqa: E402
 from pipeline.paths import Paths  # noqa: E402
 from pipeline.recipes import STUDENT, recipes, trained_models  # noqa: E402
 from pipeline.runs import experiment_of, seed_dir, seed_identity  # noqa: E402
@@ -118,7 +118,7 @@ def _document(cfg, table_name, frame, tests, benchmarks, labels, metric, paths) 
         _setting(cfg) + " Each cell is the FINAL checkpoint's 10-fold verification accuracy (%) "
         f"({'with' if metric == 'accuracy_flip' else 'without'} the flip test; threshold chosen on the 9 other folds), "
         f"averaged over the seeds, with its {level}% interval in brackets: a t interval whose variance adds the "
-        "run-to-run variance over seeds and the sampling variance of the pairs (pipeline/statistics.py). "
+        "run-to-run variance over seeds and the sampling variance of the pairs (pipeline/run_statistics.py). "
         "Per-seed values, interval bounds and the std over folds are in the CSV beside this file. "
         "The paper's columns are its published figures on real LFW / CFP-FP / AgeDB-30 (CASIA-WebFace training, one "
         "run per cell): they set the ordering to compare, not the level, since our benchmarks are the synthetic protocols.",

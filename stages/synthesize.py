@@ -4,7 +4,7 @@ from __future__ import annotations
 from pipeline import stage
 from pipeline.config import Config
 from pipeline.data import ingest
-from pipeline.io import write_json_atomic
+from pipeline.atomic_io import write_json_atomic
 from pipeline.paths import Paths
 
 

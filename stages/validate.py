@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pipeline import stage
 from pipeline.config import Config
-from pipeline.io import write_text_atomic
+from pipeline.atomic_io import write_text_atomic
 from pipeline.paths import Paths
 
 MARKER = "params.yaml valid\n"

@@ -1,5 +1,6 @@
 """Stage dependencies by construction: each dvc.yaml stage lists every project file its entry module imports."""
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,11 @@ def test_an_unparsable_module_is_named(tmp_path):
     _write(tmp_path, {"stages/e.py": "import pipeline.bad\n", "pipeline/__init__.py": "", "pipeline/bad.py": "def (:\n"})
     with pytest.raises(ValueError, match="bad.py"):
         import_closure("stages/e.py", tmp_path)
+
+
+def test_no_project_module_shadows_the_standard_library():
+    # Prefect loads the flow from pipeline/flows.py with pipeline/ first on sys.path: a pipeline/statistics.py
+    # was imported in place of the standard library's statistics there and failed every deployment run.
+    own = {path.stem for folder in ("pipeline", "stages") for path in (PROJECT_ROOT / folder).iterdir()
+           if path.suffix == ".py" or (path / "__init__.py").exists()}
+    assert not own & set(sys.stdlib_module_names)

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from pipeline import config, profile_params
-from pipeline.io import write_json_atomic
+from pipeline.atomic_io import write_json_atomic
 from pipeline.profile_report import collect
 
 RUN = {"commit": "abc1234", "seconds": 1234, "cpus": 2, "load_before": "1.0 1.0 1.0", "load_after": "2.0 2.0 2.0"}

@@ -21,7 +21,7 @@ from pipeline.data.images import decode_image, encode_png
 from pipeline.data.records import FaceRecord, iter_records, read_benchmark, write_benchmark, write_records
 from pipeline.detect import DetectorSpec, GroundTruthLandmarks, LandmarkDetector, make_detector
 from pipeline.devices import resolve_device
-from pipeline.io import atomic_path
+from pipeline.atomic_io import atomic_path
 
 
 @dataclass

@@ -6,7 +6,7 @@ from pathlib import Path
 from pipeline.config import DataConfig
 from pipeline.data import folders, insightface, lfw
 from pipeline.data.synthetic import SyntheticSpec, generate
-from pipeline.io import atomic_path
+from pipeline.atomic_io import atomic_path
 
 
 def prepare_raw(data: DataConfig, raw_dir: Path) -> dict:

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.config import PROJECT_ROOT
-from pipeline.io import write_json_atomic, write_text_atomic
+from pipeline.atomic_io import write_json_atomic, write_text_atomic
 from pipeline.models import BACKBONES, build
 from pipeline.models.iresnet import IResNet, IResNetSpec
 

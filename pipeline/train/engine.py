@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from pipeline.config import TrainConfig
 from pipeline.devices import resolve_device
-from pipeline.io import write_json_atomic
+from pipeline.atomic_io import write_json_atomic
 from pipeline.tracking import NullTracker, Tracker
 from pipeline.heads.sharded import ShardedMarginHead
 from pipeline.train import checkpoint, distributed

@@ -20,7 +20,7 @@ import pytest
 from numpy.typing import NDArray
 from scipy import stats
 
-from pipeline.statistics import RunComparison, cell_estimate, compare_runs, holm_verdicts, pairing_gain, verdict
+from pipeline.run_statistics import RunComparison, cell_estimate, compare_runs, holm_verdicts, pairing_gain, verdict
 
 TABLES = 2000
 SEEDS = 3

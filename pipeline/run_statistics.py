@@ -108,7 +108,7 @@ def _decompose(x: NDArray[np.float64]) -> _Spread:
     unbiased for Var(mean) = var_pair/N + var_run/S + var_noise/(SN). Degrees of freedom by
     Welch-Satterthwaite (Satterthwaite 1946) over the mean squares, each with its own df, kept within
     [S - 1, SN - 1]. With S - 1 = 2 the plug-in df runs high when the run term carries most of se**2:
-    at 60-90% of it a 95% interval covers about 92-94% (simulation in tests/test_statistics.py).
+    at 60-90% of it a 95% interval covers about 92-94% (simulation in tests/test_run_statistics.py).
     With one seed MS_res is not estimable: the pair term is var_j(c_j)/N (binomial-type), df = N - 1.
     """
     s, n = x.shape
