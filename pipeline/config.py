@@ -13,6 +13,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+# the models besides the rows (pipeline.recipes builds them): N-Softmax pre-training, the cleaning bootstrap, and
+# the distillation teacher and student
+PRETRAIN = "pretrain"
+BOOTSTRAP = "bootstrap"
+TEACHER = "teacher"
+STUDENT = "student"
+
 # params.yaml is the one source of defaults: a field it sets has no default here; the defaults below are for
 # fields it deliberately leaves out (per-row overrides, rarely changed switches).
 
@@ -126,23 +133,19 @@ class TrainConfig(Section):
 
 
 class RowConfig(Section):
-    label: str
-    tables: list[str]
+    label: str  # the recipe's name in the tables (a table may show it under its own label) and in MLflow
     head: str
     margins: dict[str, float | str] = Field(default_factory=dict)
     init: Literal["scratch", "pretrain"] = "scratch"
     weight_decay: float | None = Field(None, ge=0)  # overrides train.weight_decay
     embedding_wd_mult: float | None = Field(None, ge=0)  # overrides train.embedding_wd_mult
     cleaned: bool = True  # False: trained on every image, cleaning ignored (the "without cleaning" comparison)
-    paper: dict[str, float] = Field(default_factory=dict)  # the published figures, benchmark -> %
 
 
 class PretrainConfig(Section):
     label: str
-    tables: list[str]
     head: str
     margins: dict[str, float | str] = Field(default_factory=dict)
-    paper: dict[str, float]
 
 
 class DistillConfig(Section):
@@ -166,6 +169,37 @@ class EvaluateConfig(Section):
     alpha: Share  # significance level
 
 
+class TableRowConfig(Section):
+    label: str | None = None  # null: the model's own label
+    paper: dict[str, float] = Field(default_factory=dict)  # published figures, paper column key -> %
+
+
+class TableConfig(Section):
+    """One report table (reports/<name>.md|.csv, <name>_tests.csv): which models, beside which published figures,
+    and which differences to test."""
+    title: str
+    paper_source: str | None = None  # where the published figures come from, in words (null: none shown)
+    paper_columns: dict[str, str] = Field(default_factory=dict)  # paper column key -> heading, in column order
+    rows: dict[str, TableRowConfig] = Field(min_length=1)  # model name -> its entry, in table order
+    baseline: str | None = None  # every other row is compared with it
+    compare: list[Annotated[list[str], Field(min_length=2, max_length=2)]] = Field(default_factory=list)  # [A, B]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TableConfig:
+        named = [self.baseline] if self.baseline else []
+        for name in [*named, *(n for pair in self.compare for n in pair)]:
+            if name not in self.rows:
+                raise ValueError(f"{name!r} is compared but is not one of the table's rows ({', '.join(self.rows)})")
+        for name, row in self.rows.items():
+            unknown = set(row.paper) - set(self.paper_columns)
+            if unknown:
+                raise ValueError(f"rows.{name}.paper: {sorted(unknown)} are not paper_columns "
+                                 f"({', '.join(self.paper_columns) or 'none'})")
+        if self.paper_columns and not self.paper_source:
+            raise ValueError("paper_columns needs paper_source: say where the published figures come from")
+        return self
+
+
 class TrackingConfig(Section):
     enabled: bool
     uri: str | None  # null: MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db
@@ -183,6 +217,7 @@ class Config(Section):
     rows: dict[str, RowConfig]
     distill: DistillConfig
     evaluate: EvaluateConfig
+    tables: dict[str, TableConfig]
     tracking: TrackingConfig
 
     @model_validator(mode="after")
@@ -190,6 +225,22 @@ class Config(Section):
         if self.distill.enabled and self.distill.student_row not in self.rows:
             raise ValueError(f"distill.student_row {self.distill.student_row!r} is not a key of rows")
         return self
+
+    @model_validator(mode="after")
+    def _tables_show_trained_models(self) -> Config:
+        trained = [PRETRAIN, *self.rows, *([TEACHER, STUDENT] if self.distill.enabled else [])]
+        for table, spec in self.tables.items():
+            if not re.fullmatch(r"[a-z0-9_]+", table):
+                raise ValueError(f"tables.{table}: a table's name is a file name: lowercase letters, digits, _")
+            for name in spec.rows:
+                if name not in trained:
+                    raise ValueError(f"tables.{table}.rows: {name!r} is not a trained model "
+                                     f"(trained: {', '.join(trained)})")
+        return self
+
+    def tables_showing(self, model: str) -> list[str]:
+        """The tables that show `model`, in params order."""
+        return [table for table, spec in self.tables.items() if model in spec.rows]
 
     def row(self, name: str) -> RowConfig:
         try:

@@ -1,5 +1,5 @@
-"""Prefect flows `reproduce-table3` and `reproduce-table2`: every DVC stage is a task that runs
-`dvc repro --single-item <stage>`, so DVC's lock file and cache decide what reruns and the stage code is the
+"""Prefect flows `reproduce-table3`, `reproduce-table2` and `reproduce-table` (any table of params `tables`): every
+DVC stage is a task that runs `dvc repro --single-item <stage>`, so DVC's lock file and cache decide what reruns and the stage code is the
 one `dvc repro` runs; independent stages (the table rows) run concurrently, up to `workers` at a time.
 
 Concurrency: DVC holds its repository lock only while it checks and records a stage, and releases it while the
@@ -7,7 +7,7 @@ stage's command runs (DVC's documented "parallel stage execution"); `dvc --wait-
 process wait for that lock instead of failing, so several `dvc repro --single-item train@<row>` in one
 workspace train at the same time and record their results one after the other.
 
-    python -m pipeline.flows serve              # deployments reproduce-table3/cpu and reproduce-table2/cpu
+    python -m pipeline.flows serve              # reproduce-table3/cpu, reproduce-table2/cpu, reproduce-table/<table>
     python -m pipeline.flows deploy --pool gpu  # the same flows deployed to a work pool, from this directory
 """
 from __future__ import annotations
@@ -35,7 +35,6 @@ from pipeline import config
 from pipeline import report as tables
 from pipeline.config import PROJECT_ROOT, Config
 from pipeline.paths import Paths
-from pipeline.recipes import recipes
 from pipeline.tracking import tracking_uri
 
 DEPLOYMENT = "cpu"  # `prefect deployment run 'reproduce-table3/cpu'`: Prefect only accepts FLOW/DEPLOYMENT
@@ -138,18 +137,18 @@ def check_request(cfg: Config, params_file: Path, profile: str | None, seeds: Se
 
 
 def select_rows(cfg: Config, table: str, rows: Sequence[str] | None) -> list[str]:
-    """The models of `table` to run: all of them (params order) or the requested subset, checked."""
-    members = [name for name, recipe in recipes(cfg).items() if table in recipe.tables]
-    if not members:
-        raise ValueError(f"params: no row has {table!r} in its tables")
+    """The models of `table` to run: all of them (table order) or the requested subset, checked."""
+    if table not in cfg.tables:
+        raise ValueError(f"params: no table {table!r} under tables (known: {', '.join(cfg.tables)})")
+    members = list(cfg.tables[table].rows)
     if rows is None:
         return members
     if not rows:
         raise ValueError("rows is empty: leave it out to run every row of the table")
     for name in rows:
         if name not in members:
-            known = recipes(cfg).get(name)
-            where = f"its tables are {list(known.tables)}" if known else "it is not a row of params.yaml"
+            shown_in = cfg.tables_showing(name)
+            where = f"it is in {', '.join(shown_in)}" if shown_in else "no table shows it"
             raise ValueError(f"row {name!r} is not a row of {table} ({where}); rows of {table}: {', '.join(members)}")
     return list(dict.fromkeys(rows))
 
@@ -299,7 +298,7 @@ def mlflow_links(cfg: Config, paths: Paths, model: str, ui: str) -> list[str]:
     from pipeline.tracking import Store, finished_seed_run
 
     store = Store(cfg.tracking, paths.root)
-    experiment = experiment_of(recipes(cfg)[model])
+    experiment = experiment_of(cfg, model)
     links = []
     for seed in cfg.seeds:
         identity = seed_identity(paths, model, seed)
@@ -316,9 +315,10 @@ def row_markdown(cfg: Config, table: str, model: str, evaluation: dict, per_pair
     """One row of the table (the report's own formatting: mean over seeds with its interval) with its MLflow runs."""
     metric = "accuracy_flip" if evaluation["flip"] else "accuracy"
     benchmarks = sorted({b for entry in evaluation["seeds"].values() for b in entry["benchmarks"]})
-    frame = tables.table(
-        [model], recipes(cfg), {model: evaluation}, {model: per_pair}, benchmarks, metric, cfg.evaluate.alpha
-    )
+    spec = cfg.tables[table]
+    one_row = spec.model_copy(update={"rows": {model: spec.rows[model]}})
+    labels = {model: evaluation["label"]}
+    frame = tables.table(one_row, labels, {model: evaluation}, {model: per_pair}, benchmarks, metric, cfg.evaluate.alpha)
     return "\n".join(
         [
             f"# {table}: {evaluation['label']}",
@@ -326,7 +326,7 @@ def row_markdown(cfg: Config, table: str, model: str, evaluation: dict, per_pair
             f"Row `{model}`, profile `{cfg.profile}`, {metric.replace('_', ' ')} (%), seeds {list(cfg.seeds)}: "
             f"mean over seeds [{round(100 * (1 - cfg.evaluate.alpha))}% interval].",
             "",
-            tables.markdown(frame, benchmarks),
+            tables.markdown(frame, benchmarks, list(spec.paper_columns.values())),
             "MLflow: " + "; ".join(links),
         ]
     )
@@ -452,24 +452,51 @@ def reproduce_table2(
     return reproduce("table2", profile, rows, seeds, workers, retries, report, mlflow_ui)
 
 
+@flow(name="reproduce-table", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS))
+def reproduce_table(
+    table: str,
+    profile: str | None = None,
+    rows: list[str] | None = None,
+    seeds: list[int] | None = None,
+    workers: int = 2,
+    retries: int = 2,
+    report: bool = True,
+    mlflow_ui: str = MLFLOW_UI,
+) -> dict[str, str]:
+    """Any table of params.yaml's `tables` (distill, cleaning, one added there) through the DVC pipeline;
+    parameters as reproduce-table3."""
+    return reproduce(table, profile, rows, seeds, workers, retries, report, mlflow_ui)
+
+
 FLOWS = {"table3": reproduce_table3, "table2": reproduce_table2}
+
+
+def deployments(cfg: Config) -> list[tuple[Any, str, dict[str, str]]]:
+    """(flow, deployment name, parameters): the two paper tables by their own flows, every table of params
+    `tables` as a deployment of reproduce-table named after it (`reproduce-table/cleaning`)."""
+    named = [(chosen, DEPLOYMENT, {}) for chosen in FLOWS.values()]
+    return named + [(reproduce_table, table, {"table": table}) for table in cfg.tables]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.flows", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help=f"serve reproduce-table3/{DEPLOYMENT} and reproduce-table2/{DEPLOYMENT} here")
-    deploy = commands.add_parser("deploy", help="deploy both flows from this directory to a work pool")
+    commands.add_parser("serve", help=f"serve reproduce-table3/{DEPLOYMENT}, reproduce-table2/{DEPLOYMENT} and "
+                        "reproduce-table/<table> for each table of params.yaml here")
+    deploy = commands.add_parser("deploy", help="deploy the same flows from this directory to a work pool")
     deploy.add_argument("--pool", required=True, help="the work pool (e.g. one made by `prefect work-pool create`)")
     deploy.add_argument("--name", default="pool", help="deployment name (default: pool)")
     args = parser.parse_args(argv)
+    planned = deployments(config.load(PROJECT_ROOT / "params.yaml"))
     if args.command == "serve":
         # one flow run at a time: two runs in one workspace would only wait for each other's DVC locks
-        serve(*(f.to_deployment(name=DEPLOYMENT) for f in FLOWS.values()), limit=1)
+        serve(*(f.to_deployment(name=name, parameters=params) for f, name, params in planned), limit=1)
     else:
-        for name, chosen in FLOWS.items():
-            chosen.from_source(source=str(PROJECT_ROOT), entrypoint=f"pipeline/flows.py:reproduce_{name}").deploy(
-                name=args.name, work_pool_name=args.pool
+        for chosen, name, params in planned:
+            entrypoint = f"pipeline/flows.py:{chosen.fn.__name__}"
+            chosen.from_source(source=str(PROJECT_ROOT), entrypoint=entrypoint).deploy(
+                name=args.name if name == DEPLOYMENT else f"{name}-{args.name}", work_pool_name=args.pool,
+                parameters=params,
             )
 
 

@@ -2,22 +2,18 @@
 the distillation teacher and student. One place turns params into these recipes; stages only look them up."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
-from pipeline.config import Config
+from pipeline.config import BOOTSTRAP, PRETRAIN, STUDENT, TEACHER, Config
 
-PRETRAIN = "pretrain"
-BOOTSTRAP = "bootstrap"
-TEACHER = "teacher"
-STUDENT = "student"
+__all__ = ["BOOTSTRAP", "PRETRAIN", "STUDENT", "TEACHER", "Recipe", "recipes", "trained_models"]
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
     label: str
-    tables: tuple[str, ...]
     backbone: str
     embedding_size: int
     head: str
@@ -30,7 +26,6 @@ class Recipe:
     cleaned: bool = True  # trained on the cleaning manifest's kept images
     teacher: str | None = None
     distill_weight: float = 0.0
-    paper: dict[str, float] = field(default_factory=dict)
 
     def description(self, seed: int, crop_size: int, batch_size: int, scale: float) -> dict:
         """Everything that identifies the trained weights; a checkpoint of another description is refused."""
@@ -67,19 +62,16 @@ def recipes(cfg: Config) -> dict[str, Recipe]:
         PRETRAIN: Recipe(
             name=PRETRAIN,
             label=cfg.pretrain.label,
-            tables=tuple(cfg.pretrain.tables),
             head=cfg.pretrain.head,
             margins=dict(cfg.pretrain.margins),
             init="scratch",
             weight_decay=train.weight_decay,
             embedding_wd_mult=train.embedding_wd_mult,
-            paper=dict(cfg.pretrain.paper),
             **common,
         ),
         BOOTSTRAP: Recipe(
             name=BOOTSTRAP,
             label="cleaning bootstrap (N-Softmax, uncleaned data)",
-            tables=(),
             head="nsoftmax",
             margins={},
             init="scratch",
@@ -98,14 +90,12 @@ def recipes(cfg: Config) -> dict[str, Recipe]:
         found[name] = Recipe(
             name=name,
             label=row.label,
-            tables=tuple(row.tables),
             head=row.head,
             margins=dict(row.margins),
             init=row.init,
             weight_decay=train.weight_decay if row.weight_decay is None else row.weight_decay,
             embedding_wd_mult=train.embedding_wd_mult if row.embedding_wd_mult is None else row.embedding_wd_mult,
             cleaned=row.cleaned,
-            paper=dict(row.paper),
             **common,
         )
     if cfg.distill.enabled:
@@ -114,7 +104,6 @@ def recipes(cfg: Config) -> dict[str, Recipe]:
         found[TEACHER] = Recipe(
             name=TEACHER,
             label=f"teacher: {distill.teacher_backbone} {distill.teacher_embedding_size}-d + {distill.teacher_head}",
-            tables=("distill",),
             backbone=distill.teacher_backbone,
             embedding_size=distill.teacher_embedding_size,
             head=distill.teacher_head,
@@ -130,10 +119,8 @@ def recipes(cfg: Config) -> dict[str, Recipe]:
                 **student_of.__dict__,
                 "name": STUDENT,
                 "label": f"{student_of.label} + distillation",
-                "tables": ("distill",),
                 "teacher": TEACHER,
                 "distill_weight": distill.weight,
-                "paper": {},
             }
         )
     return found

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pipeline.config import TableConfig
 from pipeline.evaluate.significance import holm_bonferroni
-from pipeline.recipes import PRETRAIN, Recipe
 from pipeline.run_statistics import CellEstimate, RunComparison, cell_estimate, compare_runs, verdict
 
-PAPER_COLUMNS = {"lfw": "LFW", "cfp_fp": "CFP-FP", "agedb": "AgeDB"}
+BENCHMARK_ORDER = ("lfw", "cfp_fp", "agedb")  # LFW-like, CFP-FP-like, AgeDB-like first: the papers' column order
 COMPARISON_COLUMNS = [
     "a", "b", "benchmark", "seeds", "delta", "ci_low", "ci_high", "prob_a_beats_b", "p", "p_holm", "verdict",
     "mde", "seeds_needed", "seed_differences", "run_sd", "pair_sd",
@@ -65,13 +65,14 @@ def cell(report: dict, pairs: pd.DataFrame, benchmark: str, metric: str, alpha: 
 
 
 def table(
-    names: list[str], recipes: dict[str, Recipe], reports: dict[str, dict], per_pair: dict[str, pd.DataFrame],
+    spec: TableConfig, labels: dict[str, str], reports: dict[str, dict], per_pair: dict[str, pd.DataFrame],
     benchmarks: list[str], metric: str, alpha: float,
 ) -> pd.DataFrame:
-    """One row per model: per benchmark the mean, interval, per-seed values and fold std (accuracy in %)."""
+    """One row per model of `spec`: per benchmark the mean, interval, per-seed values and fold std (accuracy in
+    %), then the published figures of the table's paper columns."""
     records = []
-    for name in names:
-        row: dict = {"model": name, "label": recipes[name].label}
+    for name, entry in spec.rows.items():
+        row: dict = {"model": name, "label": entry.label or labels[name]}
         for bench in benchmarks:
             c = cell(reports[name], per_pair[name], bench, metric, alpha)
             e = c.estimate
@@ -82,8 +83,8 @@ def table(
             row[f"{bench} seed sd"] = 100 * e.seed_std if e else math.nan
             row[f"{bench} fold sd"] = c.fold_std
             row[f"{bench} text"] = c.text()
-        for key, column in PAPER_COLUMNS.items():
-            row[f"paper {column}"] = recipes[name].paper.get(key, np.nan)
+        for key, column in spec.paper_columns.items():
+            row[f"paper {column}"] = entry.paper.get(key, np.nan)
         row["seeds"] = len(reports[name]["seeds"])
         diverged = [e["diverged_at_step"] for e in reports[name]["seeds"].values() if e["diverged_at_step"] is not None]
         row["diverged_at_step"] = diverged[0] if diverged else None
@@ -131,24 +132,17 @@ def comparisons(
     return frame[COMPARISON_COLUMNS], found
 
 
-def planned_comparisons(recipes: dict[str, Recipe], names: list[str]) -> list[tuple[str, str]]:
-    """The paper's claims as tests: every margin row against N-Softmax, and Li-ArcFace against ArcFace at the
-    same margin and initialisation."""
-    found = [(name, PRETRAIN) for name in names if name != PRETRAIN and PRETRAIN in names]
-    for a in names:
-        for b in names:
-            ra, rb = recipes[a], recipes[b]
-            if (ra.head, rb.head) == ("li_arcface", "arcface") and ra.margins == rb.margins and ra.init == rb.init \
-                    and ra.weight_decay == rb.weight_decay and ra.embedding_wd_mult == rb.embedding_wd_mult:
-                found.append((a, b))
-    return found
+def planned_comparisons(spec: TableConfig) -> list[tuple[str, str]]:
+    """The table's planned tests as (A, B): every other row against the baseline, then the listed pairs."""
+    against_baseline = [(name, spec.baseline) for name in spec.rows if spec.baseline and name != spec.baseline]
+    return list(dict.fromkeys([*against_baseline, *(tuple(pair) for pair in spec.compare)]))
 
 
-def markdown(frame: pd.DataFrame, benchmarks: list[str]) -> str:
-    heads = ["Row"] + benchmarks + [f"paper {v}" for v in PAPER_COLUMNS.values()]
+def markdown(frame: pd.DataFrame, benchmarks: list[str], paper_columns: list[str]) -> str:
+    heads = ["Row"] + benchmarks + [f"paper {v}" for v in paper_columns]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for _, row in frame.iterrows():
-        paper = [("" if np.isnan(row[f"paper {v}"]) else f"{row[f'paper {v}']:.3f}") for v in PAPER_COLUMNS.values()]
+        paper = [("" if np.isnan(row[f"paper {v}"]) else f"{row[f'paper {v}']:.3f}") for v in paper_columns]
         lines.append("| " + " | ".join([row["label"]] + [row[f"{b} text"] for b in benchmarks] + paper) + " |")
     return "\n".join(lines) + "\n"
 
@@ -168,6 +162,6 @@ def comparisons_markdown(frame: pd.DataFrame, labels: dict[str, str]) -> str:
 
 
 def order_benchmarks(names: list[str]) -> list[str]:
-    """LFW-like first, then CFP-FP-like, then AgeDB-like (the paper's column order), then anything else."""
-    rank = {key: i for i, key in enumerate(PAPER_COLUMNS)}
+    """LFW-like first, then CFP-FP-like, then AgeDB-like (the papers' column order), then anything else."""
+    rank = {key: i for i, key in enumerate(BENCHMARK_ORDER)}
     return sorted(names, key=lambda name: (rank.get(paper_key(name), len(rank)), name))

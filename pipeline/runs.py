@@ -171,8 +171,9 @@ def training_identity(
     return identity
 
 
-def experiment_of(recipe: Recipe) -> str:
-    return recipe.tables[0] if recipe.tables else "auxiliary"
+def experiment_of(cfg: Config, name: str) -> str:
+    """A model's MLflow experiment: the first table that shows it, else `auxiliary` (the cleaning bootstrap)."""
+    return next(iter(cfg.tables_showing(name)), "auxiliary")
 
 
 def tracking_params(cfg: Config, recipe: Recipe) -> dict:
@@ -185,9 +186,10 @@ def tracking_params(cfg: Config, recipe: Recipe) -> dict:
 
 
 def start_tracker(cfg: Config, paths: Paths, recipe: Recipe, seed: int, identity: dict, resuming: bool) -> Tracker:
-    tags = {"label": recipe.label, "tables": ",".join(recipe.tables), "profile": cfg.profile, "params_hash": cfg.digest()}
+    tags = {"label": recipe.label, "tables": ",".join(cfg.tables_showing(recipe.name)), "profile": cfg.profile,
+            "params_hash": cfg.digest()}
     return seed_tracker(
-        cfg.tracking, paths.root, experiment_of(recipe), recipe.name, recipe.label, seed, identity,
+        cfg.tracking, paths.root, experiment_of(cfg, recipe.name), recipe.name, recipe.label, seed, identity,
         {**tracking_params(cfg, recipe), "seed": seed}, tags, resuming,
     )
 

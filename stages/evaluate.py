@@ -59,7 +59,7 @@ def run(cfg: Config, paths: Paths, model: str) -> dict:
         per_seed[str(seed)] = entry
         _track(cfg, paths, recipe, seed, meta, entry)
     progress.close()
-    report = {"model": model, "label": recipe.label, "tables": list(recipe.tables), "flip": cfg.evaluate.flip, "seeds": per_seed}
+    report = {"model": model, "label": recipe.label, "flip": cfg.evaluate.flip, "seeds": per_seed}
     with atomic_path(paths.eval_dir(model) / "pairs.parquet") as staged:
         frame = pd.concat(per_pair, ignore_index=True) if per_pair else pd.DataFrame(columns=["seed", "benchmark", "pair", "correct"])
         frame.to_parquet(staged, index=False)
@@ -77,7 +77,7 @@ def _track(cfg: Config, paths: Paths, recipe: Recipe, seed: int, meta: dict, ent
 
     def mirror() -> None:
         store = Store(cfg.tracking, paths.root)
-        run_id = finished_seed_run(store, experiment_of(recipe), recipe.name, seed, identity)
+        run_id = finished_seed_run(store, experiment_of(cfg, recipe.name), recipe.name, seed, identity)
         if run_id is not None:
             MlflowTracker(store, run_id).log_metrics(metrics)
             return

@@ -13,18 +13,17 @@ from pipeline import report, seed_noise, stage  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.atomic_io import atomic_path, write_text_atomic  # noqa: E402
 from pipeline.paths import Paths  # noqa: E402
-from pipeline.recipes import STUDENT, recipes, trained_models  # noqa: E402
+from pipeline.recipes import recipes, trained_models  # noqa: E402
 from pipeline.runs import experiment_of, seed_dir, seed_identity  # noqa: E402
 from pipeline.tracking import experiment_addresses, mirror_recipe_metrics  # noqa: E402
 
 MLFLOW_UI = "http://127.0.0.1:5000"
 
-TITLES = {
-    "table3": "Table 3 — verification accuracy (%) of the loss functions (AirFace paper, Table 3)",
-    "table2": "Table 2 — weight decay (AirFace paper, Table 2; ArcFace m=0.5 after N-Softmax pre-training)",
-    "distill": "Distillation — MobileFaceNet student with and without a teacher's embedding hints",
-    "cleaning": "Cleaning — the same recipe trained with and without the cleaning manifest",
-}
+
+def outputs(cfg: Config) -> list[str]:
+    """The files this stage writes, project-relative: dvc.yaml declares exactly these (tests/test_dependencies.py)."""
+    per_table = [f"reports/{table}{suffix}" for table in cfg.tables for suffix in (".md", ".csv", "_tests.csv")]
+    return [*per_table, "reports/seed_noise.md", "reports/figures/curves.png"]
 
 
 def run(cfg: Config, paths: Paths) -> None:
@@ -39,43 +38,34 @@ def run(cfg: Config, paths: Paths) -> None:
     labels = {n: all_recipes[n].label for n in names}
     alpha = cfg.evaluate.alpha
 
-    tables: dict[str, list[str]] = {}
-    for name in names:
-        for t in all_recipes[name].tables:
-            tables.setdefault(t, []).append(name)
-    if STUDENT in names:
-        tables["distill"] = [cfg.distill.student_row, "teacher", STUDENT]
-    uncleaned = [n for n in names if not all_recipes[n].cleaned]
-    if uncleaned:
-        twins = [n for n in names if all_recipes[n].cleaned and _same_recipe(all_recipes[n], all_recipes[uncleaned[0]])]
-        tables["cleaning"] = twins[:1] + uncleaned
-
     cells = {(n, b): report.cell(reports[n], per_pair[n], b, metric, alpha).estimate for n in names for b in benchmarks}
     noise_sections = []
-    for table_name, members in tables.items():
-        frame = report.table(members, all_recipes, reports, per_pair, benchmarks, metric, alpha)
-        pairs = report.planned_comparisons(all_recipes, members) if table_name == "table3" else _consecutive(members)
-        tests, found = report.comparisons(pairs, per_pair, benchmarks, alpha)
-        text = _document(cfg, table_name, frame, tests, benchmarks, labels, metric, paths)
+    for table_name, spec in cfg.tables.items():
+        frame = report.table(spec, labels, reports, per_pair, benchmarks, metric, alpha)
+        tests, found = report.comparisons(report.planned_comparisons(spec), per_pair, benchmarks, alpha)
+        shown = {n: entry.label or labels[n] for n, entry in spec.rows.items()}
+        uncleaned = any(not all_recipes[n].cleaned for n in spec.rows)
+        cleaning = json.loads((paths.reports / "cleaning.json").read_text()) if uncleaned else None
+        text = _document(cfg, spec, frame, tests, benchmarks, shown, metric, cleaning)
         write_text_atomic(paths.reports / f"{table_name}.md", text)
         with atomic_path(paths.reports / f"{table_name}_tests.csv") as staged:
             tests.to_csv(staged, index=False)
         with atomic_path(paths.reports / f"{table_name}.csv") as staged:
             frame.drop(columns=[c for c in frame.columns if c.endswith(" text")]).to_csv(staged, index=False)
         noise_sections += [
-            f"## {TITLES.get(table_name, table_name)}", "",
+            f"## {spec.title}", "",
             seed_noise.row_spread(frame, cells, benchmarks),
             seed_noise.pairing_line(found),
             "Comparisons without a verdict, and the seeds each would need (normal approximation; the pair term does "
             "not shrink with seeds):", "",
-            seed_noise.unresolved(tests, labels),
+            seed_noise.unresolved(tests, shown),
         ]
     write_text_atomic(paths.reports / "seed_noise.md", _seed_noise_document(cfg, noise_sections))
-    _mirror(cfg, paths, names, all_recipes, cells, benchmarks, list(tables))
+    _mirror(cfg, paths, names, all_recipes, cells, benchmarks)
     _curves(cfg, paths, names, labels)
 
 
-def _mirror(cfg, paths, names, all_recipes, cells, benchmarks, table_names) -> None:
+def _mirror(cfg, paths, names, all_recipes, cells, benchmarks) -> None:
     """Each recipe's mean, interval and seed count on its MLflow parent run; each table's address in the log."""
     for name in names:
         identity = seed_identity(paths, name, cfg.seeds[0])
@@ -88,18 +78,10 @@ def _mirror(cfg, paths, names, all_recipes, cells, benchmarks, table_names) -> N
                 metrics.update({f"{bench}.mean": estimate.mean, f"{bench}.ci_low": estimate.low,
                                 f"{bench}.ci_high": estimate.high})
         recipe = all_recipes[name]
-        mirror_recipe_metrics(cfg.tracking, paths.root, experiment_of(recipe), name, recipe.label, identity, metrics)
-    experiments = sorted({experiment_of(all_recipes[n]) for n in names} & set(table_names))
+        mirror_recipe_metrics(cfg.tracking, paths.root, experiment_of(cfg, name), name, recipe.label, identity, metrics)
+    experiments = sorted({experiment_of(cfg, n) for n in names} & set(cfg.tables))
     for experiment, address in experiment_addresses(cfg.tracking, paths.root, experiments, MLFLOW_UI).items():
         print(f"MLflow {experiment}: {address}  (after `mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000`)")
-
-
-def _same_recipe(a, b) -> bool:
-    return (a.head, a.margins, a.init, a.backbone) == (b.head, b.margins, b.init, b.backbone)
-
-
-def _consecutive(members: list[str]) -> list[tuple[str, str]]:
-    return [(members[i], members[0]) for i in range(1, len(members))]
 
 
 def _setting(cfg: Config) -> str:
@@ -110,20 +92,24 @@ def _setting(cfg: Config) -> str:
     )
 
 
-def _document(cfg, table_name, frame, tests, benchmarks, labels, metric, paths) -> str:
+def _document(cfg, spec, frame, tests, benchmarks, labels, metric, cleaning) -> str:
+    """A table's Markdown: how a cell is made, the table, the planned tests with their verdicts, and for a table
+    with a model trained without cleaning, what the cleaning removed."""
     level = round(100 * (1 - cfg.evaluate.alpha))
+    paper = (
+        f"The paper columns are {spec.paper_source}: they set the ordering to compare, not the level, since our "
+        "benchmarks are the synthetic protocols." if spec.paper_columns else ""
+    )
     lines = [
-        f"# {TITLES.get(table_name, table_name)}",
+        f"# {spec.title}",
         "",
         _setting(cfg) + " Each cell is the FINAL checkpoint's 10-fold verification accuracy (%) "
         f"({'with' if metric == 'accuracy_flip' else 'without'} the flip test; threshold chosen on the 9 other folds), "
         f"averaged over the seeds, with its {level}% interval in brackets: a t interval whose variance adds the "
         "run-to-run variance over seeds and the sampling variance of the pairs (pipeline/run_statistics.py). "
-        "Per-seed values, interval bounds and the std over folds are in the CSV beside this file. "
-        "The paper's columns are its published figures on real LFW / CFP-FP / AgeDB-30 (CASIA-WebFace training, one "
-        "run per cell): they set the ordering to compare, not the level, since our benchmarks are the synthetic protocols.",
+        "Per-seed values, interval bounds and the std over folds are in the CSV beside this file. " + paper,
         "",
-        report.markdown(frame, benchmarks),
+        report.markdown(frame, benchmarks, list(spec.paper_columns.values())),
     ]
     if len(tests):
         lines += [
@@ -137,13 +123,13 @@ def _document(cfg, table_name, frame, tests, benchmarks, labels, metric, paths) 
             "",
             report.comparisons_markdown(tests, labels),
         ]
-    if table_name == "cleaning":
-        clean = json.loads((paths.reports / "cleaning.json").read_text())
+    if cleaning is not None:
+        c = cleaning
         lines += [
-            f"Cleaning ({clean['method']}, threshold {clean['threshold']}): kept {clean['kept']} of {clean['images']} images; "
-            f"dropped {clean['dropped']}, of which noisy: precision {_number(clean['precision'])}, "
-            f"recall {_number(clean['recall'])} "
-            f"against the generator's label-noise ground truth ({clean['noisy']} noisy images). One cleaning manifest "
+            f"Cleaning ({c['method']}, threshold {c['threshold']}): kept {c['kept']} of {c['images']} images; "
+            f"dropped {c['dropped']}, of which noisy: precision {_number(c['precision'])}, "
+            f"recall {_number(c['recall'])} "
+            f"against the generator's label-noise ground truth ({c['noisy']} noisy images). One cleaning manifest "
             f"(from the bootstrap of seed {cfg.seeds[0]}) serves every seed: the comparison is conditional on it.",
             "",
         ]

@@ -31,9 +31,9 @@ def test_profile_overrides_only_what_it_names(raw):
 
 def test_table3_rows_match_the_paper(raw):
     cfg = config.resolve(raw, "cpu")
-    table3 = [name for name, row in cfg.rows.items() if "table3" in row.tables]
+    table3 = [name for name in cfg.tables["table3"].rows if name != "pretrain"]
     assert len(table3) == 11  # 10 published rows besides N-Softmax, plus ArcFace from scratch
-    assert cfg.pretrain.paper == {"lfw": 97.867, "cfp_fp": 90.457, "agedb": 86.55}
+    assert cfg.tables["table3"].rows["pretrain"].paper == {"lfw": 97.867, "cfp_fp": 90.457, "agedb": 86.55}
     ns_rows = {n for n in table3 if cfg.rows[n].init == "pretrain"}
     assert ns_rows == {"li_arcface_m040_ns", "li_arcface_m045_ns", "arcface_m040_ns", "arcface_m045_ns", "arcface_m050_ns"}
 
@@ -224,7 +224,7 @@ def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
 def test_params_yaml_is_the_one_source_of_defaults(raw):
     """A field params.yaml sets in a base section has no second default in config.py."""
     for section, value in raw.items():
-        if section in ("profile", "profiles", "rows") or not isinstance(value, dict):
+        if section in ("profile", "profiles", "rows", "tables") or not isinstance(value, dict):
             continue
         model = config.Config.model_fields[section].annotation
         assert set(value) <= set(model.model_fields), section
@@ -234,3 +234,29 @@ def test_params_yaml_is_the_one_source_of_defaults(raw):
 
 def test_unused_parameters_are_gone():
     assert "bootstrap" not in config.EvaluateConfig.model_fields
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t["table2"]["rows"].update({"nope": {}}), r"tables.table2.rows: 'nope' is not a trained model"),
+    (lambda t: t["table2"].update({"baseline": "cosface"}), r"'cosface' is compared but is not one of the table's rows"),
+    (lambda t: t["table2"].update({"compare": [["wd5e4", "wd5e4", "wd5e4"]]}), r"tables.table2.compare.0"),
+    (lambda t: t["table2"]["rows"]["wd5e4"].update({"paper": {"megaface": 1.0}}),
+     r"rows.wd5e4.paper: \['megaface'\] are not paper_columns"),
+    (lambda t: t.update({"Table 9": t["table2"]}), r"tables.Table 9: a table's name is a file name"),
+    (lambda t: t["table2"].pop("paper_source"), r"paper_columns needs paper_source"),
+    (lambda t: t["table2"].update({"rows": {}}), r"tables.table2.rows: .*at least 1 item"),
+])
+def test_a_bad_table_is_named(raw, change, message):
+    raw = copy.deepcopy(raw)
+    change(raw["tables"])
+    with pytest.raises(ValueError, match=message):
+        config.resolve(raw, "cpu")
+
+
+def test_a_table_cannot_show_the_distillation_when_it_is_off(raw):
+    raw = copy.deepcopy(raw)
+    raw["distill"]["enabled"] = False
+    with pytest.raises(ValueError, match=r"tables.distill.rows: 'teacher' is not a trained model"):
+        config.resolve(raw, "cpu")
+    del raw["tables"]["distill"]
+    assert "distill" not in config.resolve(raw, "cpu").tables

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline import config
 from pipeline.config import PROJECT_ROOT
 from pipeline.dependencies import code_digest, import_closure
 
@@ -32,6 +33,14 @@ def test_declared_code_dependencies_exist(name):
     for dep in _stages()[name]["deps"]:
         if dep.startswith(("pipeline", "stages")):
             assert (PROJECT_ROOT / dep).exists(), f"dvc.yaml stage {name}: dependency {dep} does not exist"
+
+
+@pytest.mark.parametrize("profile", sorted(yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["profiles"]))
+def test_the_report_stage_declares_each_tables_files(profile):
+    from stages.report import outputs  # the report stage's own list, from params `tables`
+
+    declared = [next(iter(out)) if isinstance(out, dict) else out for out in _stages()["report"]["outs"]]
+    assert sorted(declared) == sorted(outputs(config.load(PROJECT_ROOT / "params.yaml", profile)))
 
 
 def _write(root: Path, files: dict[str, str]) -> None:

@@ -29,6 +29,7 @@ from pipeline.flows import (
     _retry_if_transient,
     artifact_key,
     check_request,
+    deployments,
     is_transient,
     mlflow_links,
     mlflow_run_url,
@@ -238,19 +239,26 @@ def test_other_profile_or_seeds_are_refused_with_the_way_out(smoke):
 
 def test_rows_are_the_tables_rows(smoke):
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    table3 = [name for name, row in raw["rows"].items() if "table3" in row["tables"]]
-    table2 = [name for name, row in raw["rows"].items() if "table2" in row["tables"]]
-    assert select_rows(smoke, "table3", None) == ["pretrain", *table3]  # N-Softmax is Table 3's first row
-    assert select_rows(smoke, "table2", None) == table2
+    assert select_rows(smoke, "table3", None) == list(raw["tables"]["table3"]["rows"])  # in the table's order
+    assert select_rows(smoke, "table3", None)[0] == "pretrain"  # N-Softmax is Table 3's first row
+    assert select_rows(smoke, "table2", None) == ["arcface_m050_ns", "wd5e4", "wd4e5_wdml10"]
     assert select_rows(smoke, "table3", ["cosface", "pretrain", "cosface"]) == ["cosface", "pretrain"]
-    with pytest.raises(ValueError, match=r"row 'wd5e4' is not a row of table3 \(its tables are \['table2'\]\)"):
+    with pytest.raises(ValueError, match=r"row 'wd5e4' is not a row of table3 \(it is in table2\)"):
         select_rows(smoke, "table3", ["wd5e4"])
-    with pytest.raises(ValueError, match=r"'nope' is not a row of table3 \(it is not a row of params.yaml\)"):
+    with pytest.raises(ValueError, match=r"'nope' is not a row of table3 \(no table shows it\)"):
         select_rows(smoke, "table3", ["nope"])
     with pytest.raises(ValueError, match="rows is empty"):
         select_rows(smoke, "table3", [])
-    with pytest.raises(ValueError, match="no row has 'table9'"):
+    with pytest.raises(ValueError, match=r"no table 'table9' under tables \(known: table3, table2, distill, cleaning\)"):
         select_rows(smoke, "table9", None)
+
+
+def test_every_table_of_params_is_a_deployment(smoke):
+    planned = {(chosen.name, name): params for chosen, name, params in deployments(smoke)}
+    assert planned[("reproduce-table3", "cpu")] == {} and planned[("reproduce-table2", "cpu")] == {}
+    for table in ("table3", "table2", "distill", "cleaning"):
+        assert planned[("reproduce-table", table)] == {"table": table}
+    assert len(planned) == 2 + len(smoke.tables)
 
 
 def test_stage_environment(monkeypatch):
@@ -294,7 +302,6 @@ def test_row_markdown_shows_the_rows_figures_and_links(smoke):
     evaluation = {
         "model": "cosface",
         "label": "CosFace/AM-Softmax",
-        "tables": ["table3"],
         "flip": True,
         "seeds": {
             "0": {
@@ -473,12 +480,10 @@ def test_the_deployment_reproduces_table3(project):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert run["state"]["type"] == "COMPLETED"
     params = yaml.safe_load((project.root / "params.yaml").read_text())
-    table3_rows = [name for name, row in params["rows"].items() if "table3" in row["tables"]]
-
     table = (project.root / "reports" / "table3.md").read_text()
-    for name in table3_rows:
-        assert f"| {params['rows'][name]['label']} |" in table, name
-    assert f"| {params['pretrain']['label']} |" in table
+    for name in params["tables"]["table3"]["rows"]:
+        label = params["pretrain"]["label"] if name == "pretrain" else params["rows"][name]["label"]
+        assert f"| {label} |" in table, name
 
     # DVC ran every stage, so a plain `dvc status` finds nothing left to do
     status = sh([sys.executable, "-m", "dvc", "status"], project.root, project.env)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from pipeline import config
 from pipeline.config import PROJECT_ROOT
@@ -17,12 +18,23 @@ BENCHMARKS = ("synth-lfw", "synth-cfp-fp")
 PAIRS = 400
 
 
+def _smoke(extra_tables: dict | None = None) -> config.Config:
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw["tables"].update(extra_tables or {})
+    cfg = config.resolve(raw, "smoke")
+    return cfg.model_copy(update={"seeds": [0, 1, 2], "tracking": cfg.tracking.model_copy(update={"enabled": False})})
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("report")
-    cfg = config.load(PROJECT_ROOT / "params.yaml", "smoke")
-    cfg = cfg.model_copy(update={"seeds": [0, 1, 2], "tracking": cfg.tracking.model_copy(update={"enabled": False})})
-    paths = Paths(root)
+    cfg = _smoke()
+    paths = Paths(tmp_path_factory.mktemp("report"))
+    _write_evaluations(cfg, paths)
+    report_stage.run(cfg, paths)
+    return cfg, paths
+
+
+def _write_evaluations(cfg: config.Config, paths: Paths) -> None:
     rng = np.random.default_rng(0)
     difficulty = rng.normal(0, 1.0, size=PAIRS)  # the same pairs for every model and seed
     level = {"li_arcface_m040": 2.5, "pretrain": 0.6}  # one clearly better row; the rest alike
@@ -47,8 +59,6 @@ def project(tmp_path_factory):
     (paths.reports / "cleaning.json").write_text(json.dumps(
         {"method": "class_spread", "threshold": 2.5, "kept": 90, "images": 100, "dropped": 10, "precision": 0.5,
          "recall": 0.5, "noisy": 10}))
-    report_stage.run(cfg, paths)
-    return cfg, paths
 
 
 def test_cells_are_means_over_seeds_with_their_interval(project):
@@ -84,3 +94,29 @@ def test_seed_noise_report_covers_every_table(project):
         assert f"## {title}" in noise
     assert "Pairing by seed" in noise and "seeds needed" in noise
     assert "A seed sets everything random" in noise
+
+
+def test_a_table_added_in_params_alone_is_reported(tmp_path):
+    margins = {
+        "title": "Margins — Li-ArcFace against CosFace",
+        "paper_source": "made-up figures for this test",
+        "paper_columns": {"lfw": "LFW"},
+        "rows": {"cosface": {"label": "AM-Softmax", "paper": {"lfw": 99.0}}, "li_arcface_m040": {}},
+        "compare": [["li_arcface_m040", "cosface"]],
+    }
+    cfg = _smoke({"margins": margins})
+    paths = Paths(tmp_path)
+    _write_evaluations(cfg, paths)
+    report_stage.run(cfg, paths)
+    text = (paths.reports / "margins.md").read_text()
+    assert text.startswith("# Margins — Li-ArcFace against CosFace") and "made-up figures for this test" in text
+    assert "| Row | synth-lfw | synth-cfp-fp | paper LFW |" in text
+    assert "| AM-Softmax |" in text and text.count("| Li-ArcFace (m=0.4) |") == 3  # its row, its test on each benchmark
+    assert "| 99.000 |" in text
+    tests = pd.read_csv(paths.reports / "margins_tests.csv")
+    assert list(zip(tests["a"], tests["b"])) == [("li_arcface_m040", "cosface")] * 2
+    assert (tests["verdict"] == "A better").all()  # the fixture's clearly better row
+    assert list(pd.read_csv(paths.reports / "margins.csv")["model"]) == ["cosface", "li_arcface_m040"]
+    assert "## Margins — Li-ArcFace against CosFace" in (paths.reports / "seed_noise.md").read_text()
+    assert sorted(p.name for p in paths.reports.glob("*.md")) == sorted(
+        p.removeprefix("reports/") for p in report_stage.outputs(cfg) if p.endswith(".md"))
