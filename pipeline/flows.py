@@ -1,13 +1,15 @@
-"""Prefect flows `reproduce-table3`, `reproduce-table2` and `reproduce-table` (any table of params `tables`): every
-DVC stage is a task that runs `dvc repro --single-item <stage>`, so DVC's lock file and cache decide what reruns and the stage code is the
-one `dvc repro` runs; independent stages (the table rows) run concurrently, up to `workers` at a time.
+"""Prefect flows `reproduce-table3`, `reproduce-table2`, `reproduce-facex-heads` (the published tables) and
+`reproduce-table` (any table of params `tables`): every DVC stage is a task that runs `dvc repro --single-item
+<stage>`, so DVC's lock file and cache decide what reruns and the stage code is the one `dvc repro` runs;
+independent stages (the table rows) run concurrently, up to `workers` at a time.
 
 Concurrency: DVC holds its repository lock only while it checks and records a stage, and releases it while the
 stage's command runs (DVC's documented "parallel stage execution"); `dvc --wait-for-lock` makes a second
 process wait for that lock instead of failing, so several `dvc repro --single-item train@<row>` in one
 workspace train at the same time and record their results one after the other.
 
-    python -m pipeline.flows serve              # reproduce-table3/cpu, reproduce-table2/cpu, reproduce-table/<table>
+    python -m pipeline.flows serve   # reproduce-table3/cpu, reproduce-table2/cpu, reproduce-facex-heads/cpu and
+                                     # reproduce-table/<table> for each table of params.yaml
     python -m pipeline.flows deploy --pool gpu  # the same flows deployed to a work pool, from this directory
 """
 from __future__ import annotations
@@ -382,11 +384,12 @@ def reproduce(
     paths = Paths(root)
     per_model = {model: model_stages(pipeline, paths, model) for model in models}
     targets = [stage for model in models for stage in per_model[model]]
-    table_stage = producer(pipeline, f"reports/{table}.md")
+    # the table's own stage (table@<table>), then the report stage (seed noise, MLflow mirror, curves)
+    report_stages = [producer(pipeline, f"reports/{table}.md"), producer(pipeline, "reports/seed_noise.md")]
     if write_report and rows is None:
-        order = plan(pipeline, [*targets, table_stage])  # the whole table: everything the report reads
-    else:
-        order = plan(pipeline, targets) + ([table_stage] if write_report else [])  # a subset: others stay as they are
+        order = plan(pipeline, [*targets, *report_stages])  # the whole table: everything the report reads
+    else:  # a subset: the other rows' results stay as they are
+        order = plan(pipeline, targets) + (report_stages if write_report else [])
     artifacts = {per_model[m][1]: RowArtifact(table, m, mlflow_ui) for m in models}
     logger.info("profile %s, %d stage(s), %d at a time: %s", cfg.profile, len(order), workers, ", ".join(order))
 
@@ -452,6 +455,21 @@ def reproduce_table2(
     return reproduce("table2", profile, rows, seeds, workers, retries, report, mlflow_ui)
 
 
+@flow(name="reproduce-facex-heads", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS))
+def reproduce_facex_heads(
+    profile: str | None = None,
+    rows: list[str] | None = None,
+    seeds: list[int] | None = None,
+    workers: int = 2,
+    retries: int = 2,
+    report: bool = True,
+    mlflow_ui: str = MLFLOW_UI,
+) -> dict[str, str]:
+    """FaceX-Zoo's table of supervisory heads on MobileFaceNet through the DVC pipeline; parameters as
+    reproduce-table3."""
+    return reproduce("facex_heads", profile, rows, seeds, workers, retries, report, mlflow_ui)
+
+
 @flow(name="reproduce-table", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS))
 def reproduce_table(
     table: str,
@@ -468,11 +486,11 @@ def reproduce_table(
     return reproduce(table, profile, rows, seeds, workers, retries, report, mlflow_ui)
 
 
-FLOWS = {"table3": reproduce_table3, "table2": reproduce_table2}
+FLOWS = {"table3": reproduce_table3, "table2": reproduce_table2, "facex_heads": reproduce_facex_heads}
 
 
 def deployments(cfg: Config) -> list[tuple[Any, str, dict[str, str]]]:
-    """(flow, deployment name, parameters): the two paper tables by their own flows, every table of params
+    """(flow, deployment name, parameters): the three published tables by their own flows, every table of params
     `tables` as a deployment of reproduce-table named after it (`reproduce-table/cleaning`)."""
     named = [(chosen, DEPLOYMENT, {}) for chosen in FLOWS.values()]
     return named + [(reproduce_table, table, {"table": table}) for table in cfg.tables]
@@ -481,8 +499,8 @@ def deployments(cfg: Config) -> list[tuple[Any, str, dict[str, str]]]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.flows", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help=f"serve reproduce-table3/{DEPLOYMENT}, reproduce-table2/{DEPLOYMENT} and "
-                        "reproduce-table/<table> for each table of params.yaml here")
+    commands.add_parser("serve", help=f"serve reproduce-table3/{DEPLOYMENT}, reproduce-table2/{DEPLOYMENT}, "
+                        f"reproduce-facex-heads/{DEPLOYMENT} and reproduce-table/<table> for each table of params here")
     deploy = commands.add_parser("deploy", help="deploy the same flows from this directory to a work pool")
     deploy.add_argument("--pool", required=True, help="the work pool (e.g. one made by `prefect work-pool create`)")
     deploy.add_argument("--name", default="pool", help="deployment name (default: pool)")

@@ -13,13 +13,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from pipeline import config
 from pipeline.atomic_io import atomic_path, write_json_atomic
 
-# the run's outputs copied as they are (those that exist): the report stage's tables and the data/align summaries
-COPIED = (
-    "data.json", "align.json", "cleaning.json", "table3.md", "table3.csv", "table2.md", "table2.csv",
-    "cleaning.md", "cleaning.csv", "distill.md", "distill.csv", "figures/curves.png",
-)
+# the run's outputs copied as they are (those that exist), besides each table of its params (copied_tables)
+COPIED = ("data.json", "align.json", "cleaning.json", "seed_noise.md", "figures/curves.png")
 NO_FACE_LISTED = 20  # no-face photo names shown per part in table.md (align.json lists up to 1,000)
 
 
@@ -117,6 +115,12 @@ def markdown(profile: str, run: dict[str, Any], data: dict[str, Any], detection:
     return "\n".join(lines) + "\n"
 
 
+def copied_tables(work: Path, profile: str) -> list[str]:
+    """Each table of the run's own params (`tables`): its Markdown, its CSV and its tests."""
+    tables = config.load(work / "params.yaml", profile).tables
+    return [f"{table}{suffix}" for table in tables for suffix in (".md", ".csv", "_tests.csv")]
+
+
 def collect(work: Path, out: Path, profile: str, run: dict[str, Any]) -> dict[str, Any]:
     """Write `out` whole or not at all: the copied outputs, table.md and summary.json."""
     reports = work / "reports"
@@ -126,7 +130,7 @@ def collect(work: Path, out: Path, profile: str, run: dict[str, Any]) -> dict[st
                "evaluated_on": data.get("evaluated_on"), "not_evaluated": data.get("not_evaluated")}
     with atomic_path(out) as staged:
         staged.mkdir(parents=True)
-        for name in COPIED:
+        for name in [*COPIED, *copied_tables(work, profile)]:
             if (reports / name).is_file():
                 (staged / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(reports / name, staged / name)

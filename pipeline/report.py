@@ -6,14 +6,17 @@ table's family, with a plain verdict. The published figures stand beside ours fo
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from pipeline.config import TableConfig
+from pipeline.config import Config, TableConfig
 from pipeline.evaluate.significance import holm_bonferroni
+from pipeline.paths import Paths
+from pipeline.recipes import recipes, trained_models
 from pipeline.run_statistics import CellEstimate, RunComparison, cell_estimate, compare_runs, verdict
 
 BENCHMARK_ORDER = ("lfw", "cfp_fp", "agedb")  # LFW-like, CFP-FP-like, AgeDB-like first: the papers' column order
@@ -165,3 +168,102 @@ def order_benchmarks(names: list[str]) -> list[str]:
     """LFW-like first, then CFP-FP-like, then AgeDB-like (the papers' column order), then anything else."""
     rank = {key: i for i, key in enumerate(BENCHMARK_ORDER)}
     return sorted(names, key=lambda name: (rank.get(paper_key(name), len(rank)), name))
+
+
+# --- a table from params `tables`, end to end -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evaluations:
+    """What the evaluate stages wrote for every trained model: the figures the tables are made from."""
+    reports: dict[str, dict]  # model -> its evaluation JSON (per seed, per benchmark)
+    per_pair: dict[str, pd.DataFrame]  # model -> per-pair correctness (seed, benchmark, pair, correct)
+    benchmarks: list[str]  # every benchmark scored, in column order
+    metric: str  # accuracy_flip or accuracy
+    labels: dict[str, str]  # model -> its recipe's label
+    cleaned: dict[str, bool]  # model -> trained on the cleaning manifest
+
+
+def load_evaluations(cfg: Config, paths: Paths) -> Evaluations:
+    names = trained_models(cfg)
+    reports = {n: json.loads(paths.metrics("eval", n).read_text()) for n in names}
+    all_recipes = recipes(cfg)
+    return Evaluations(
+        reports=reports,
+        per_pair={n: pd.read_parquet(paths.eval_dir(n) / "pairs.parquet") for n in names},
+        benchmarks=order_benchmarks(sorted({b for r in reports.values() for e in r["seeds"].values() for b in e["benchmarks"]})),
+        metric="accuracy_flip" if cfg.evaluate.flip else "accuracy",
+        labels={n: all_recipes[n].label for n in names},
+        cleaned={n: all_recipes[n].cleaned for n in names},
+    )
+
+
+@dataclass(frozen=True)
+class TableResult:
+    frame: pd.DataFrame  # one row per model (report.table)
+    tests: pd.DataFrame  # the planned comparisons with verdicts (report.comparisons)
+    found: list[RunComparison]
+    labels: dict[str, str]  # model -> the label this table shows it under
+
+
+def build_table(spec: TableConfig, ev: Evaluations, alpha: float) -> TableResult:
+    frame = table(spec, ev.labels, ev.reports, ev.per_pair, ev.benchmarks, ev.metric, alpha)
+    tests, found = comparisons(planned_comparisons(spec), ev.per_pair, ev.benchmarks, alpha)
+    return TableResult(frame, tests, found, {n: entry.label or ev.labels[n] for n, entry in spec.rows.items()})
+
+
+def setting(cfg: Config) -> str:
+    """The run's size in one sentence: profile, crop, iterations, batch and seeds."""
+    seeds = len(cfg.seeds)
+    return (
+        f"Profile `{cfg.profile}`, crop {cfg.align.crop_size}x{cfg.align.crop_size}, {cfg.train.iterations} iterations of "
+        f"batch {cfg.train.batch_size}, {seeds} seed{'s' if seeds > 1 else ''} ({', '.join(map(str, cfg.seeds))}) per model."
+    )
+
+
+def document(cfg: Config, spec: TableConfig, result: TableResult, ev: Evaluations, cleaning: dict | None) -> str:
+    """A table's Markdown: how a cell is made, the table, the planned tests with their verdicts, and for a table
+    with a model trained without cleaning (`cleaning`: reports/cleaning.json), what the cleaning removed."""
+    level = round(100 * (1 - cfg.evaluate.alpha))
+    paper = (
+        f"The paper columns are {spec.paper_source}: they set the ordering to compare, not the level, since our "
+        "benchmarks are the synthetic protocols." if spec.paper_columns else ""
+    )
+    lines = [
+        f"# {spec.title}",
+        "",
+        setting(cfg) + " Each cell is the FINAL checkpoint's 10-fold verification accuracy (%) "
+        f"({'with' if ev.metric == 'accuracy_flip' else 'without'} the flip test; threshold chosen on the 9 other "
+        f"folds), averaged over the seeds, with its {level}% interval in brackets: a t interval whose variance adds the "
+        "run-to-run variance over seeds and the sampling variance of the pairs (pipeline/run_statistics.py). "
+        "Per-seed values, interval bounds and the std over folds are in the CSV beside this file. " + paper,
+        "",
+        markdown(result.frame, ev.benchmarks, list(spec.paper_columns.values())),
+    ]
+    if len(result.tests):
+        lines += [
+            "Which differences are real. The unit is the training run: A − B is the mean over seeds of the per-seed "
+            "difference (the two recipes share each seed's batch order, flips and, for the same architecture, initial "
+            "weights), tested with a t test whose variance adds the run-to-run variance of that difference and the "
+            f"pairs' sampling variance; p is Holm-adjusted over the {len(result.tests)} comparisons of this table. "
+            "P(run of A > run of B) is the share of (A seed, B seed) run pairs in which A scored higher. "
+            f"A verdict needs p (Holm) < {cfg.evaluate.alpha}; otherwise it names the smallest difference this design "
+            "resolves (80% power), and reports/seed_noise.md says how many seeds it would take.",
+            "",
+            comparisons_markdown(result.tests, result.labels),
+        ]
+    if cleaning is not None:
+        c = cleaning
+        lines += [
+            f"Cleaning ({c['method']}, threshold {c['threshold']}): kept {c['kept']} of {c['images']} images; "
+            f"dropped {c['dropped']}, of which noisy: precision {_number(c['precision'])}, "
+            f"recall {_number(c['recall'])} "
+            f"against the generator's label-noise ground truth ({c['noisy']} noisy images). One cleaning manifest "
+            f"(from the bootstrap of seed {cfg.seeds[0]}) serves every seed: the comparison is conditional on it.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"  # null in JSON: nothing dropped, or no noise to find

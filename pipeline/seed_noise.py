@@ -6,6 +6,8 @@ import math
 
 import pandas as pd
 
+from pipeline.config import Config, TableConfig
+from pipeline.report import TableResult, setting
 from pipeline.run_statistics import RunComparison, pairing_gain
 
 
@@ -56,3 +58,35 @@ def pairing_line(found: list[RunComparison]) -> str:
         f"the run-to-run variance of a difference is {1 / gain:.2f} of what two independently seeded runs would give "
         f"(var(A) + var(B) over var(A − B) = {gain:.2f}): an unpaired design would need {gain:.1f}x the seeds.\n"
     )
+
+
+def section(spec: TableConfig, result: TableResult, cells: dict[tuple[str, str], object], benchmarks: list[str]) -> str:
+    """One table's part of the report: its rows' spread, what pairing bought, what each open comparison needs."""
+    return "\n".join([
+        f"## {spec.title}", "",
+        row_spread(result.frame, cells, benchmarks),
+        pairing_line(result.found),
+        "Comparisons without a verdict, and the seeds each would need (normal approximation; the pair term does "
+        "not shrink with seeds):", "",
+        unresolved(result.tests, result.labels),
+    ])
+
+
+def document(cfg: Config, sections: list[str]) -> str:
+    return "\n".join([
+        "# Seed noise: run-to-run variance against pair sampling",
+        "",
+        setting(cfg) + " A seed sets everything random in a training run: the initial weights (`torch.manual_seed` "
+        "before the backbone and head are built), the batch order (a permutation per epoch, a function of seed and "
+        "epoch) and the horizontal flips (a function of seed and step). Models that share a seed share the batch "
+        "order and flips, and start from the same weights where the architecture and class count are the same "
+        "(common random numbers). The NS rows start from the N-Softmax model of the same seed. The cleaning "
+        "manifest comes from one bootstrap run (the first seed) and is shared by all. The synthetic data and "
+        "the pair protocols are fixed by their own seeds in params.yaml.",
+        "",
+        "Run-to-run SD: the sample SD of one run's accuracy over seeds. Pair-sampling SD of the mean: how much the "
+        "mean would move with another sample of pairs of the same protocol. When the first is larger, more seeds "
+        "help; when the second is, only more pairs do.",
+        "",
+        *sections,
+    ])

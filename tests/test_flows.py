@@ -249,16 +249,17 @@ def test_rows_are_the_tables_rows(smoke):
         select_rows(smoke, "table3", ["nope"])
     with pytest.raises(ValueError, match="rows is empty"):
         select_rows(smoke, "table3", [])
-    with pytest.raises(ValueError, match=r"no table 'table9' under tables \(known: table3, table2, distill, cleaning\)"):
+    with pytest.raises(ValueError, match=r"no table 'table9' under tables \(known: table3, table2, distill, facex_heads"):
         select_rows(smoke, "table9", None)
 
 
 def test_every_table_of_params_is_a_deployment(smoke):
     planned = {(chosen.name, name): params for chosen, name, params in deployments(smoke)}
-    assert planned[("reproduce-table3", "cpu")] == {} and planned[("reproduce-table2", "cpu")] == {}
-    for table in ("table3", "table2", "distill", "cleaning"):
+    for name in ("reproduce-table3", "reproduce-table2", "reproduce-facex-heads"):
+        assert planned[(name, "cpu")] == {}
+    for table in ("table3", "table2", "distill", "facex_heads", "cleaning"):
         assert planned[("reproduce-table", table)] == {"table": table}
-    assert len(planned) == 2 + len(smoke.tables)
+    assert len(planned) == 3 + len(smoke.tables)
 
 
 def test_stage_environment(monkeypatch):
@@ -530,7 +531,7 @@ def test_a_failing_stage_fails_the_run_with_its_message_and_a_rerun_trains_nothi
     assert tasks["evaluate@cosface"]["state_type"] == "FAILED"
     assert tasks["evaluate@cosface"]["run_count"] == 1  # its own error: not retried
     assert tasks["train@cosface"]["state_type"] == "COMPLETED"
-    assert "report" not in tasks
+    assert "report" not in tasks and "table@table3" not in tasks
 
     params_file.write_text(good)
     result, run = project.trigger("reproduce-table3/cpu", rows=["cosface"])

@@ -1,10 +1,12 @@
 """pipeline/profile_report.py: a profile's run collected into reports/<profile>/ with its summary table."""
 import json
+import shutil
 
 import pytest
 
 from pipeline import config, profile_params
 from pipeline.atomic_io import write_json_atomic
+from pipeline.config import PROJECT_ROOT
 from pipeline.profile_report import collect
 
 RUN = {"commit": "abc1234", "seconds": 1234, "cpus": 2, "load_before": "1.0 1.0 1.0", "load_after": "2.0 2.0 2.0"}
@@ -29,6 +31,8 @@ def work(tmp_path):
     write_json_atomic(reports / "metrics" / "eval" / "cosface.json", {
         "model": "cosface", "label": "CosFace", "seeds": {"0": {"benchmarks": {"lfw-devtest": metrics}}}})
     (reports / "table3.md").write_text("| Row |\n")
+    (reports / "cleaning_tests.csv").write_text("a,b\n")
+    shutil.copyfile(PROJECT_ROOT / "params.yaml", tmp_path / "work" / "params.yaml")  # the run's own tables
     return tmp_path / "work"
 
 
@@ -41,6 +45,7 @@ def test_collect_writes_the_summary_and_copies_the_tables(work, tmp_path):
     assert "| CosFace (`cosface`, seed 0) | 82.50 (±5.00) | 80.00 | 40.00 |" in table
     assert "not scored on: lfw-view2: shares persons with DevTrain" in table and "1,234 s" in table
     assert (out / "table3.md").read_text() == "| Row |\n" and (out / "eval" / "cosface.json").is_file()
+    assert (out / "cleaning_tests.csv").is_file() and not (out / "table2.md").exists()  # what the run wrote
     assert json.loads((out / "summary.json").read_text())["detection"] == summary["detection"]
 
 

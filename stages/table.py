@@ -1,0 +1,43 @@
+"""Stage table: one table of params `tables` (reports/<table>.md, <table>.csv, <table>_tests.csv) from the
+evaluations: dvc.yaml runs it once per table, so a table added to params.yaml is a stage of its own."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipeline import report, stage
+from pipeline.atomic_io import atomic_path, write_text_atomic
+from pipeline.config import Config
+from pipeline.paths import Paths
+
+
+def outputs(table: str) -> list[str]:
+    """The files this stage writes for `table`, project-relative (dvc.yaml declares them: tests/test_dependencies.py)."""
+    return [f"reports/{table}.md", f"reports/{table}.csv", f"reports/{table}_tests.csv"]
+
+
+def run(cfg: Config, paths: Paths, table: str) -> None:
+    if table not in cfg.tables:
+        raise KeyError(f"table {table!r} is not in params tables; known: {', '.join(cfg.tables)}")
+    spec = cfg.tables[table]
+    evaluations = report.load_evaluations(cfg, paths)
+    result = report.build_table(spec, evaluations, cfg.evaluate.alpha)
+    uncleaned = any(not evaluations.cleaned[name] for name in spec.rows)
+    cleaning = json.loads((paths.reports / "cleaning.json").read_text()) if uncleaned else None
+    write_text_atomic(paths.reports / f"{table}.md", report.document(cfg, spec, result, evaluations, cleaning))
+    with atomic_path(paths.reports / f"{table}_tests.csv") as staged:
+        result.tests.to_csv(staged, index=False)
+    with atomic_path(paths.reports / f"{table}.csv") as staged:
+        result.frame.drop(columns=[c for c in result.frame.columns if c.endswith(" text")]).to_csv(staged, index=False)
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--table", required=True, help="a key of `tables` in params.yaml")
+
+
+def main() -> None:
+    stage.main("table", run, _arguments)
+
+
+if __name__ == "__main__":
+    main()
