@@ -37,7 +37,6 @@ from pipeline import config
 from pipeline import report as tables
 from pipeline.config import PROJECT_ROOT, Config
 from pipeline.paths import Paths
-from pipeline.tracking import tracking_uri
 
 DEPLOYMENT = "cpu"  # `prefect deployment run 'reproduce-table3/cpu'`: Prefect only accepts FLOW/DEPLOYMENT
 MAX_WORKERS = 32

@@ -44,6 +44,7 @@ from pipeline.flows import (
     stage_threads,
 )
 from pipeline.paths import Paths
+from tests.test_resume_pipeline import copy_project, keep_rows
 
 # --- the plan ---------------------------------------------------------------------------------------------------
 
@@ -353,19 +354,6 @@ def test_mlflow_links_point_at_each_seeds_run(smoke, tmp_path, monkeypatch):
 WATCH_TIMEOUT = 3600  # the whole smoke table on a shared 2-core machine; a hang fails instead of blocking CI
 
 
-def copy_repository(root: Path) -> None:
-    """Tracked and untracked-but-not-ignored files of this checkout, as tests/test_pipeline_e2e.py copies them."""
-    listed = [
-        subprocess.run(["git", *args, "-z"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout
-        for args in (["ls-files"], ["ls-files", "--others", "--exclude-standard"])
-    ]
-    for name in filter(None, "".join(listed).split("\0")):
-        source = PROJECT_ROOT / name
-        if source.is_file() and not name.startswith(("reports/", "data/")):
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -436,9 +424,10 @@ def project(tmp_path_factory):
     """A copy of the repository (profile smoke, git-initialised) with its server and deployments started by the
     documented command on a free loopback port; stopped again at the end whatever happened."""
     root = tmp_path_factory.mktemp("facerepro-flows")
-    copy_repository(root)
+    copy_project(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["profile"] = "smoke"
+    keep_rows(params, {"cosface", "li_arcface_m040", "arcface_m050_ns"})  # N-Softmax, NS init, distillation, Table 2
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"

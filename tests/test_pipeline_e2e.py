@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import PROJECT_ROOT
+from tests.test_resume_pipeline import copy_project
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +29,7 @@ def stages_run(output: str) -> set[str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("facerepro")
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
-    untracked = subprocess.run(
-        ["git", "ls-files", "-z", "--others", "--exclude-standard"], cwd=PROJECT_ROOT, capture_output=True, text=True
-    )
-    for name in filter(None, (tracked.stdout + untracked.stdout).split("\0")):
-        source = PROJECT_ROOT / name
-        if source.is_file() and not name.startswith(("reports/", "data/")):
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
+    copy_project(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["profile"] = "smoke"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -133,3 +125,20 @@ def test_changing_one_margin_reruns_that_row_only(project):
     again = run([sys.executable, "-m", "dvc", "repro"], root, env)
     tables = {f"table@{table}" for table in params["tables"]}  # each reads every evaluation (a few seconds)
     assert stages_run(again) == {"validate", "train@cosface", "evaluate@cosface", *tables, "report"}, again
+
+
+def test_a_table_added_in_params_alone_is_reported(project):
+    root, env, params, first = project
+    params["tables"]["margins"] = {
+        "title": "Margins — Li-ArcFace (m=0.4) against CosFace",
+        "rows": {"cosface": {"label": "AM-Softmax"}, "li_arcface_m040": {}},
+        "baseline": "cosface",
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    again = run([sys.executable, "-m", "dvc", "repro"], root, env)
+    assert stages_run(again) == {"validate", "table@margins", "report"}, again  # no other table, nothing trained
+    text = (root / "reports" / "margins.md").read_text()
+    assert text.startswith("# Margins — Li-ArcFace (m=0.4) against CosFace")
+    assert "| Li-ArcFace (m=0.4) | AM-Softmax | synth-lfw |" in text  # the planned test, with the table's label
+    assert "## Margins — Li-ArcFace (m=0.4) against CosFace" in (root / "reports" / "seed_noise.md").read_text()
+    assert stages_run(run([sys.executable, "-m", "dvc", "repro"], root, env)) == set()
