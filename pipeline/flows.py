@@ -383,8 +383,10 @@ def reproduce(
     paths = Paths(root)
     per_model = {model: model_stages(pipeline, paths, model) for model in models}
     targets = [stage for model in models for stage in per_model[model]]
-    # the table's own stage (table@<table>), then the report stage (seed noise, MLflow mirror, curves)
-    report_stages = [producer(pipeline, f"reports/{table}.md"), producer(pipeline, "reports/seed_noise.md")]
+    # every table's stage (each reads every evaluation, so a new row's figures reach them all: DVC would otherwise
+    # find them stale after the run), then the report stage (seed noise, MLflow mirror, curves)
+    tables_stages = [producer(pipeline, f"reports/{name}.md") for name in cfg.tables]
+    report_stages = [*tables_stages, producer(pipeline, "reports/seed_noise.md")]
     if write_report and rows is None:
         order = plan(pipeline, [*targets, *report_stages])  # the whole table: everything the report reads
     else:  # a subset: the other rows' results stay as they are

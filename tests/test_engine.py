@@ -141,3 +141,28 @@ def test_compiled_training_takes_the_eager_step(tmp_path, mode):
     step_compiled = torch.cat([(b["backbone"][k] - start[k]).reshape(-1) for k in keys])
     assert step_eager.norm() > 0
     assert (step_compiled - step_eager).norm() / step_eager.norm() < 1e-2  # the same update, up to summation order
+
+
+def test_a_step_that_leaves_the_weights_non_finite_is_a_divergence(tmp_path, monkeypatch):
+    # finite gradients can still overflow a weight (Circle loss's gamma=256 on the smoke profile did): the curve
+    # point after that step must not see it, and the run ends as diverged at that step
+    optimizer_step = torch.optim.SGD.step
+    calls = []
+
+    def step_then_overflow(self, *args, **kwargs):
+        out = optimizer_step(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            self.param_groups[0]["params"][0].data.fill_(math.inf)
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step_then_overflow)
+    seen = []
+
+    def curve(backbone):
+        seen.append(all(bool(torch.isfinite(p).all()) for p in backbone.parameters()))
+        return {"curve_x": 0.5}
+
+    result = train(make_job(iterations=8, curve_every=1), tiny_dataset(), tmp_path / "run", curve_fn=curve)
+    assert result.diverged_at_step == 2 and seen == [True, True]  # steps 0 and 1 were scored, step 2 overflowed
+    assert weights(tmp_path / "run" / "model.pt")["meta"]["diverged_at_step"] == 2

@@ -112,6 +112,13 @@ def _all_finite(parameters: list[nn.Parameter]) -> bool:
     return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
 
 
+def _state_finite(parameters: list[nn.Parameter], modules: list[nn.Module]) -> bool:
+    """The weights and floating buffers (BatchNorm's running statistics) after a step: finite gradients can still
+    overflow them, and the next step's loss would say so only after a curve point or a checkpoint had used them."""
+    tensors = [*parameters, *(b for m in modules for b in m.buffers() if b.is_floating_point())]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
 def train(
     job: TrainJob,
     dataset: Dataset,
@@ -253,6 +260,13 @@ def train(
         scaler.update()
         step += 1
         progress.update()
+        curve_due = cfg.curve_every and (step % cfg.curve_every == 0 or step == cfg.iterations)
+        saving = step % cfg.checkpoint_every == 0 or step == cfg.iterations
+        if (curve_due or saving) and not distributed.all_ranks(_state_finite(trainable, [backbone, head]), ctx, device):
+            diverged_at = step - 1  # the step just taken left the weights non-finite
+            history["diverged_at_step"] = diverged_at
+            tracker.log_metrics({"diverged_at_step": diverged_at}, step=diverged_at)
+            break
         # a replicated head's figures are its slice's: their mean over ranks is the global batch's
         loss_value = float(loss.detach()) if sharded else distributed.mean_over_ranks(float(loss.detach()), ctx, device)
         accuracy = float(correct) if sharded else distributed.mean_over_ranks(float(correct), ctx, device)
@@ -260,13 +274,12 @@ def train(
         history["images"] += images.shape[0] * (ctx.world_size if ctx else 1)
         if step % cfg.log_every == 0 or step == cfg.iterations:
             tracker.log_metrics({"loss": loss_value, "train_accuracy": accuracy, "lr": cfg.lr * factor}, step=step)
-        curve_due = cfg.curve_every and (step % cfg.curve_every == 0 or step == cfg.iterations)
         if writer and curve_fn is not None and curve_due:
             curve = curve_fn(backbone)
             backbone.train()
             history.setdefault("curve", []).append({"step": step, **curve})
             tracker.log_metrics(curve, step=step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+        if saving:
             history["seconds"] += time.perf_counter() - started
             started = time.perf_counter()
             save_checkpoint(step)
