@@ -253,7 +253,7 @@ class Run:
 
 def recipe_for(model: str, steps: int, cfg: TrainConfig) -> Recipe:
     return Recipe(
-        name=f"gpu_check_{model}", label=f"gpu-check {model} + {HEAD}", tables=(), backbone=model,
+        name=f"gpu_check_{model}", label=f"gpu-check {model} + {HEAD}", backbone=model,
         embedding_size=EMBEDDING[model], head=HEAD, margins={}, init="scratch", weight_decay=cfg.weight_decay,
         embedding_wd_mult=cfg.embedding_wd_mult, iterations=steps, warmup_iterations=cfg.warmup_iterations,
     )

@@ -14,7 +14,7 @@ from pipeline.config import Config, TrainConfig
 from pipeline.dependencies import code_digest
 from pipeline.data.loader import FaceDataset, load_benchmark_arrays
 from pipeline.devices import resolve_device
-from pipeline.evaluate.embeddings import extract_embeddings
+from pipeline.evaluate.embeddings import UnnormalisableEmbedding, extract_embeddings
 from pipeline.evaluate.verification import cosine_scores, verification_accuracy
 from pipeline.paths import Paths
 from pipeline.recipes import PRETRAIN, Recipe, recipes
@@ -23,7 +23,7 @@ from pipeline.heads.sharded import ShardedMarginHead
 from pipeline.train import checkpoint, distributed
 from pipeline.train.distributed import DistContext
 from pipeline.train.compilation import effective_compile_mode
-from pipeline.train.engine import TrainJob, TrainResult, resumable, train
+from pipeline.train.engine import ModelBlewUp, TrainJob, TrainResult, resumable, train
 
 
 def seed_dir(paths: Paths, name: str, seed: int) -> Path:
@@ -125,9 +125,12 @@ def make_curve_fn(cfg: Config, paths: Paths, device: torch.device):
     def curve(backbone: nn.Module) -> dict[str, float]:
         result = {}
         for name, (images, a, b, same) in benchmarks.items():
-            embeddings = extract_embeddings(
-                backbone, images, cfg.evaluate.batch_size, device, flip=False, channels_last=cfg.train.channels_last
-            )
+            try:
+                embeddings = extract_embeddings(
+                    backbone, images, cfg.evaluate.batch_size, device, flip=False, channels_last=cfg.train.channels_last
+                )
+            except UnnormalisableEmbedding as error:
+                raise ModelBlewUp(f"{name}: {error}") from error
             mean, _ = verification_accuracy(cosine_scores(embeddings[a], embeddings[b]), same, folds=cfg.evaluate.folds)
             result[f"curve_{name}"] = mean
         return result

@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 from pipeline import config, heads, models
 from pipeline.config import TrainConfig
 from pipeline.train import checkpoint
-from pipeline.train.engine import TrainJob, distillation_loss, train
+from pipeline.train.engine import ModelBlewUp, TrainJob, distillation_loss, train
 from pipeline.train.optim import parameter_groups, step_lr_factor
 from pipeline.train.order import StepBatchSampler
 
@@ -165,4 +165,14 @@ def test_a_step_that_leaves_the_weights_non_finite_is_a_divergence(tmp_path, mon
 
     result = train(make_job(iterations=8, curve_every=1), tiny_dataset(), tmp_path / "run", curve_fn=curve)
     assert result.diverged_at_step == 2 and seen == [True, True]  # steps 0 and 1 were scored, step 2 overflowed
+    assert weights(tmp_path / "run" / "model.pt")["meta"]["diverged_at_step"] == 2
+
+
+def test_a_model_whose_embeddings_overflow_at_a_curve_point_has_diverged(tmp_path):
+    # finite weights whose eval-mode embeddings pass float32 (Circle loss on the smoke profile: norms of 1e19+)
+    def curve(backbone):
+        raise ModelBlewUp("synth-lfw: images [0] give a zero or non-finite embedding")
+
+    result = train(make_job(iterations=8, curve_every=3), tiny_dataset(), tmp_path / "run", curve_fn=curve)
+    assert result.diverged_at_step == 2 and result.steps == 3
     assert weights(tmp_path / "run" / "model.pt")["meta"]["diverged_at_step"] == 2

@@ -53,12 +53,12 @@ def copy_project(root: Path) -> None:
 
 
 def keep_rows(params: dict, names: set[str]) -> None:
-    """Train only the rows `names` (besides N-Softmax): the tables keep the models that remain, and the
-    distillation is off unless its student row is kept. A test of one mechanism need not train every row."""
-    params["rows"] = {name: row for name, row in params["rows"].items() if name in names}
-    if params["distill"]["student_row"] not in names:
-        params["distill"]["enabled"] = False
-    models = {"pretrain", *params["rows"], *(("teacher", "student") if params["distill"]["enabled"] else ())}
+    """Train only the rows `names`, besides N-Softmax and the distillation (its student row stays: dvc.yaml's
+    distill stage reads its parameters); the tables keep the models that remain. A test of one mechanism need not
+    train every row."""
+    kept = names | {params["distill"]["student_row"]}
+    params["rows"] = {name: row for name, row in params["rows"].items() if name in kept}
+    models = {"pretrain", *params["rows"], "teacher", "student"}
     tables = {}
     for name, table in params["tables"].items():
         rows = {model: entry for model, entry in table["rows"].items() if model in models}

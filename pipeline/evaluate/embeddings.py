@@ -47,13 +47,17 @@ def _to_input(batch: np.ndarray, device: torch.device, channels_last: bool) -> t
     return x.contiguous(memory_format=memory_format)
 
 
+class UnnormalisableEmbedding(ValueError):
+    """An embedding of norm zero, or too large for float32 (a model whose weights have blown up)."""
+
+
 def _normalise_rows(features: torch.Tensor, first_index: int) -> torch.Tensor:
     """e / |e|_2 (AirFace paper, Eq. 2: features fixed to the hypersphere by l2 normalisation)."""
     norms = torch.linalg.vector_norm(features, dim=1, keepdim=True)
     bad = torch.nonzero(~torch.isfinite(norms[:, 0]) | (norms[:, 0] == 0)).flatten()
     if bad.numel():
         rows = (bad[:5] + first_index).tolist()
-        raise ValueError(f"images {rows} give a zero or non-finite embedding, which cannot be normalised")
+        raise UnnormalisableEmbedding(f"images {rows} give a zero or non-finite embedding, which cannot be normalised")
     return features / norms
 
 

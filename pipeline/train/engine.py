@@ -107,6 +107,10 @@ def _check_sharded(job: TrainJob) -> None:
         raise ValueError(f"{job.name}: distillation is not supported with a sharded head (train.shard_head)")
 
 
+class ModelBlewUp(RuntimeError):
+    """Raised by a curve function whose model can no longer be scored (its embeddings overflow): a divergence."""
+
+
 def _all_finite(parameters: list[nn.Parameter]) -> bool:
     grads = [p.grad for p in parameters if p.grad is not None]
     return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
@@ -274,9 +278,19 @@ def train(
         history["images"] += images.shape[0] * (ctx.world_size if ctx else 1)
         if step % cfg.log_every == 0 or step == cfg.iterations:
             tracker.log_metrics({"loss": loss_value, "train_accuracy": accuracy, "lr": cfg.lr * factor}, step=step)
+        curve, blew_up = None, False
         if writer and curve_fn is not None and curve_due:
-            curve = curve_fn(backbone)
+            try:
+                curve = curve_fn(backbone)
+            except ModelBlewUp:
+                blew_up = True
             backbone.train()
+        if curve_due and not distributed.all_ranks(not blew_up, ctx, device):  # every rank stops together
+            diverged_at = step - 1  # finite weights, but embeddings past float32 in eval mode (running statistics)
+            history["diverged_at_step"] = diverged_at
+            tracker.log_metrics({"diverged_at_step": diverged_at}, step=diverged_at)
+            break
+        if curve is not None:
             history.setdefault("curve", []).append({"step": step, **curve})
             tracker.log_metrics(curve, step=step)
         if saving:
