@@ -181,6 +181,9 @@ class TableConfig(Section):
     paper_source: str | None = None  # where the published figures come from, in words (null: none shown)
     paper_columns: dict[str, str] = Field(default_factory=dict)  # paper column key -> heading, in column order
     rows: dict[str, TableRowConfig] = Field(min_length=1)  # model name -> its entry, in table order
+    # the benchmarks it shows, in column order (null: every benchmark of stage align, none of params `protocols`)
+    benchmarks: list[str] | None = Field(None, min_length=1)
+    group_gap: list[str] = Field(default_factory=list)  # benchmarks of one population each: their spread is reported
     baseline: str | None = None  # every other row is compared with it
     compare: list[Annotated[list[str], Field(min_length=2, max_length=2)]] = Field(default_factory=list)  # [A, B]
 
@@ -195,6 +198,11 @@ class TableConfig(Section):
             if unknown:
                 raise ValueError(f"rows.{name}.paper: {sorted(unknown)} are not paper_columns "
                                  f"({', '.join(self.paper_columns) or 'none'})")
+        outside = [b for b in self.group_gap if self.benchmarks is None or b not in self.benchmarks]
+        if outside:
+            raise ValueError(f"group_gap: {outside} are not among the table's benchmarks")
+        if self.group_gap and len(self.group_gap) < 2:
+            raise ValueError("group_gap needs at least two benchmarks (a spread between groups)")
         if self.paper_columns and not self.paper_source:
             raise ValueError("paper_columns needs paper_source: say where the published figures come from")
         return self
@@ -217,6 +225,9 @@ class Config(Section):
     rows: dict[str, RowConfig]
     distill: DistillConfig
     evaluate: EvaluateConfig
+    # held-out test protocols of stage `protocols`: name -> {kind, block, sizes} (checked by
+    # pipeline.data.synthetic.heldout.parse in stage validate, so the generator stays off every other stage's path)
+    protocols: dict[str, dict[str, Any]]
     tables: dict[str, TableConfig]
     tracking: TrackingConfig
 
@@ -228,7 +239,7 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _tables_show_trained_models(self) -> Config:
-        trained = [PRETRAIN, *self.rows, *([TEACHER, STUDENT] if self.distill.enabled else [])]
+        trained = self.evaluated_models()
         for table, spec in self.tables.items():
             if not re.fullmatch(r"[a-z0-9_]+", table):
                 raise ValueError(f"tables.{table}: a table's name is a file name: lowercase letters, digits, _")
@@ -238,9 +249,18 @@ class Config(Section):
                                      f"(trained: {', '.join(trained)})")
         return self
 
+    def evaluated_models(self) -> list[str]:
+        """Every model that is evaluated and may stand in a table: pre-training, the rows, teacher and student."""
+        return [PRETRAIN, *self.rows, *([TEACHER, STUDENT] if self.distill.enabled else [])]
+
     def tables_showing(self, model: str) -> list[str]:
         """The tables that show `model`, in params order."""
         return [table for table, spec in self.tables.items() if model in spec.rows]
+
+    def protocols_for(self, model: str) -> list[str]:
+        """The held-out protocols `model` is evaluated on: those a table showing it lists among its benchmarks."""
+        shown = {b for table in self.tables_showing(model) for b in (self.tables[table].benchmarks or [])}
+        return [name for name in self.protocols if name in shown]
 
     def row(self, name: str) -> RowConfig:
         try:

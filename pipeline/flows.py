@@ -315,8 +315,9 @@ def mlflow_links(cfg: Config, paths: Paths, model: str, ui: str) -> list[str]:
 def row_markdown(cfg: Config, table: str, model: str, evaluation: dict, per_pair: pd.DataFrame, links: Sequence[str]) -> str:
     """One row of the table (the report's own formatting: mean over seeds with its interval) with its MLflow runs."""
     metric = "accuracy_flip" if evaluation["flip"] else "accuracy"
-    benchmarks = sorted({b for entry in evaluation["seeds"].values() for b in entry["benchmarks"]})
     spec = cfg.tables[table]
+    scored = tables.order_benchmarks(sorted({b for entry in evaluation["seeds"].values() for b in entry["benchmarks"]}))
+    benchmarks = tables.shown_benchmarks(spec, scored, set(cfg.protocols))
     one_row = spec.model_copy(update={"rows": {model: spec.rows[model]}})
     labels = {model: evaluation["label"]}
     frame = tables.table(one_row, labels, {model: evaluation}, {model: per_pair}, benchmarks, metric, cfg.evaluate.alpha)

@@ -20,6 +20,10 @@ class Paths:
         return self.root / "data" / "aligned"
 
     @property
+    def protocols(self) -> Path:
+        return self.root / "data" / "protocols"
+
+    @property
     def clean(self) -> Path:
         return self.root / "data" / "clean"
 
@@ -42,6 +46,14 @@ class Paths:
     @property
     def reports(self) -> Path:
         return self.root / "reports"
+
+    @property
+    def evaluation_plan_dir(self) -> Path:
+        return self.reports / "evaluation_plan"
+
+    def evaluation_plan(self, model: str) -> Path:
+        """Which held-out protocols `model` is evaluated on (written by stage validate from the tables)."""
+        return self.evaluation_plan_dir / f"{model}.json"
 
     def metrics(self, kind: str, name: str) -> Path:
         return self.reports / "metrics" / kind / f"{name}.json"

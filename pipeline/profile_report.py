@@ -47,6 +47,8 @@ def accuracy_rows(eval_dir: Path) -> list[dict[str, Any]]:
         report = json.loads(path.read_text())
         for seed, result in sorted(report["seeds"].items()):
             for bench, m in sorted(result["benchmarks"].items()):
+                if "accuracy_flip" not in m:
+                    continue  # identification: rank-1, in the profile's tables
                 rows.append({"model": report["model"], "label": report["label"], "seed": int(seed), "benchmark": bench,
                              "accuracy_flip": m["accuracy_flip"], "accuracy_flip_std": m["accuracy_flip_std"],
                              "accuracy": m["accuracy"], "tar_at_far_0.01": m.get("tar_at_far_0.01")})

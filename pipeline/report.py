@@ -60,7 +60,9 @@ class Cell:
 
 
 def cell(report: dict, pairs: pd.DataFrame, benchmark: str, metric: str, alpha: float) -> Cell:
-    folds = [100 * e["benchmarks"][benchmark][f"{metric}_std"] for e in report["seeds"].values() if benchmark in e["benchmarks"]]
+    # identification has no folds: its cells have no fold SD
+    folds = [100 * e["benchmarks"][benchmark][f"{metric}_std"] for e in report["seeds"].values()
+             if f"{metric}_std" in e["benchmarks"].get(benchmark, {})]
     diverged = tuple(e["diverged_at_step"] for e in report["seeds"].values() if e["diverged_at_step"] is not None)
     seeds, matrix = correctness(pairs, benchmark)
     estimate = cell_estimate(matrix, alpha) if seeds else None
@@ -182,6 +184,17 @@ class Evaluations:
     metric: str  # accuracy_flip or accuracy
     labels: dict[str, str]  # model -> its recipe's label
     cleaned: dict[str, bool]  # model -> trained on the cleaning manifest
+    held_out: frozenset[str]  # the held-out protocols of params `protocols` (shown only by tables that list them)
+
+    def shown(self, spec: TableConfig) -> list[str]:
+        return shown_benchmarks(spec, self.benchmarks, self.held_out)
+
+
+def shown_benchmarks(spec: TableConfig, scored: list[str], held_out: frozenset[str] | set[str]) -> list[str]:
+    """A table's columns: its `benchmarks` that were scored, or every scored benchmark but the held-out ones."""
+    if spec.benchmarks is not None:
+        return [b for b in spec.benchmarks if b in scored]
+    return [b for b in scored if b not in held_out]
 
 
 def load_evaluations(cfg: Config, paths: Paths) -> Evaluations:
@@ -195,6 +208,7 @@ def load_evaluations(cfg: Config, paths: Paths) -> Evaluations:
         metric="accuracy_flip" if cfg.evaluate.flip else "accuracy",
         labels={n: all_recipes[n].label for n in names},
         cleaned={n: all_recipes[n].cleaned for n in names},
+        held_out=frozenset(cfg.protocols),
     )
 
 
@@ -204,12 +218,46 @@ class TableResult:
     tests: pd.DataFrame  # the planned comparisons with verdicts (report.comparisons)
     found: list[RunComparison]
     labels: dict[str, str]  # model -> the label this table shows it under
+    benchmarks: list[str]  # its columns
 
 
 def build_table(spec: TableConfig, ev: Evaluations, alpha: float) -> TableResult:
-    frame = table(spec, ev.labels, ev.reports, ev.per_pair, ev.benchmarks, ev.metric, alpha)
-    tests, found = comparisons(planned_comparisons(spec), ev.per_pair, ev.benchmarks, alpha)
-    return TableResult(frame, tests, found, {n: entry.label or ev.labels[n] for n, entry in spec.rows.items()})
+    benchmarks = ev.shown(spec)
+    frame = table(spec, ev.labels, ev.reports, ev.per_pair, benchmarks, ev.metric, alpha)
+    tests, found = comparisons(planned_comparisons(spec), ev.per_pair, benchmarks, alpha)
+    labels = {n: entry.label or ev.labels[n] for n, entry in spec.rows.items()}
+    return TableResult(frame, tests, found, labels, benchmarks)
+
+
+def group_gaps(spec: TableConfig, ev: Evaluations) -> pd.DataFrame:
+    """Per row, the spread between the groups of `spec.group_gap` (RFW's fairness gap: best minus worst group
+    accuracy), seed by seed, then its mean over the seeds all groups were scored for."""
+    records = []
+    for name, entry in spec.rows.items():
+        per_group = {b: dict(zip(*_seed_means(ev.per_pair[name], b))) for b in spec.group_gap}
+        seeds = sorted(set.intersection(*(set(v) for v in per_group.values())))
+        gaps = [max(per_group[b][s] for b in spec.group_gap) - min(per_group[b][s] for b in spec.group_gap) for s in seeds]
+        means = {b: float(np.mean([per_group[b][s] for s in seeds])) if seeds else math.nan for b in spec.group_gap}
+        records.append({
+            "model": name, "label": entry.label or ev.labels[name], "seeds": len(seeds),
+            "gap": 100 * float(np.mean(gaps)) if gaps else math.nan,
+            "gap seed values": ";".join(f"{100 * g:.2f}" for g in gaps),
+            "best group": max(means, key=means.get) if seeds else "", "worst group": min(means, key=means.get) if seeds else "",
+        })
+    return pd.DataFrame.from_records(records)
+
+
+def _seed_means(pairs: pd.DataFrame, benchmark: str) -> tuple[list[int], list[float]]:
+    seeds, matrix = correctness(pairs, benchmark)
+    return seeds, [float(row.mean()) for row in matrix]
+
+
+def gaps_markdown(frame: pd.DataFrame) -> str:
+    lines = ["| Row | gap (points): mean over seeds | per seed | best group | worst group |", "|---|---:|---|---|---|"]
+    for _, r in frame.iterrows():
+        lines.append(f"| {r['label']} | {r['gap']:.2f} | {r['gap seed values'].replace(';', ' / ')} | "
+                     f"{r['best group']} | {r['worst group']} |")
+    return "\n".join(lines) + "\n"
 
 
 def setting(cfg: Config) -> str:
@@ -234,12 +282,21 @@ def document(cfg: Config, spec: TableConfig, result: TableResult, ev: Evaluation
         "",
         setting(cfg) + " Each cell is the FINAL checkpoint's 10-fold verification accuracy (%) "
         f"({'with' if ev.metric == 'accuracy_flip' else 'without'} the flip test; threshold chosen on the 9 other "
-        f"folds), averaged over the seeds, with its {level}% interval in brackets: a t interval whose variance adds the "
-        "run-to-run variance over seeds and the sampling variance of the pairs (pipeline/run_statistics.py). "
-        "Per-seed values, interval bounds and the std over folds are in the CSV beside this file. " + paper,
+        f"folds){_identification_note(result.benchmarks, ev)}, averaged over the seeds, with its {level}% interval in "
+        "brackets: a t interval whose variance adds the run-to-run variance over seeds and the sampling variance of the "
+        "pairs (pipeline/run_statistics.py). Per-seed values, interval bounds and the std over folds are in the CSV "
+        "beside this file. " + paper,
         "",
-        markdown(result.frame, ev.benchmarks, list(spec.paper_columns.values())),
+        markdown(result.frame, result.benchmarks, list(spec.paper_columns.values())),
     ]
+    if spec.group_gap:
+        lines += [
+            f"Between groups ({', '.join(spec.group_gap)}: identities drawn from differently shifted populations, "
+            "the first the training population's): the gap is the best group's accuracy minus the worst's, per seed "
+            "(RFW's measure of bias), then averaged.",
+            "",
+            gaps_markdown(group_gaps(spec, ev)),
+        ]
     if len(result.tests):
         lines += [
             "Which differences are real. The unit is the training run: A − B is the mean over seeds of the per-seed "
@@ -263,6 +320,17 @@ def document(cfg: Config, spec: TableConfig, result: TableResult, ev: Evaluation
             "",
         ]
     return "\n".join(lines)
+
+
+def _identification_note(benchmarks: list[str], ev: Evaluations) -> str:
+    """How an identification column's cell is made, when the table has one."""
+    found = [b for b in benchmarks if any("rank1" in e["benchmarks"].get(b, {})
+                                          for r in ev.reports.values() for e in r["seeds"].values())]
+    if not found:
+        return ""
+    return (f"; {', '.join(found)}: the rank-1 identification rate (%) of the probes against the gallery with every "
+            "distractor, a probe being the unit in place of a pair (the curve over distractor counts and TAR@FAR are in "
+            "reports/metrics/eval)")
 
 
 def _number(value: float | None) -> str:

@@ -1,18 +1,22 @@
 """Stage evaluate: the FINAL weights of one model on every aligned pair protocol (10-fold verification, flip test,
-TAR@FAR, the insightface-tools protocol). Nothing here selects a checkpoint."""
+TAR@FAR, the insightface-tools protocol) and on the held-out protocols its evaluation plan names (stage protocols:
+cross-pose, cross-age, per-group verification; 1:N identification). Nothing here selects a checkpoint."""
 from __future__ import annotations
 
 import argparse
 import json
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from pipeline import stage
 from pipeline.config import Config
+from pipeline.data.identification_sets import IdentificationSet, is_identification_set, read_identification_set
 from pipeline.data.loader import load_benchmark_arrays
 from pipeline.devices import resolve_device
 from pipeline.evaluate.embeddings import evaluate_pairs
+from pipeline.evaluate.identification_set import identify
 from pipeline.atomic_io import atomic_path, write_json_atomic
 from pipeline.paths import Paths
 from pipeline.recipes import Recipe, recipes
@@ -26,36 +30,26 @@ def run(cfg: Config, paths: Paths, model: str) -> dict:
         raise KeyError(f"model {model!r} is not trained by this profile; known: {', '.join(recipes(cfg))}")
     device = resolve_device(cfg.train.device)
     benchmarks = {d.name: load_benchmark_arrays(d) for d in sorted(paths.benchmarks(paths.aligned).iterdir())}
-    for name, (_, pairs) in benchmarks.items():
-        if pairs["fold"].nunique() != cfg.evaluate.folds:
+    protocols = {**benchmarks, **_held_out_protocols(paths, model)}
+    for name, data in protocols.items():
+        if isinstance(data, tuple) and data[1]["fold"].nunique() != cfg.evaluate.folds:
             raise ValueError(
-                f"benchmark {name} has {pairs['fold'].nunique()} folds but evaluate.folds is {cfg.evaluate.folds}"
+                f"benchmark {name} has {data[1]['fold'].nunique()} folds but evaluate.folds is {cfg.evaluate.folds}"
             )
     per_seed: dict[str, dict] = {}
     per_pair = []
-    progress = tqdm(total=len(cfg.seeds) * len(benchmarks), desc=f"evaluate {model}", unit="protocol", disable=None)
+    progress = tqdm(total=len(cfg.seeds) * len(protocols), desc=f"evaluate {model}", unit="protocol", disable=None)
     for seed in cfg.seeds:
         backbone, meta = load_backbone(cfg, paths, model, seed)
         train_info = json.loads((seed_dir(paths, model, seed) / "train.json").read_text())
         entry: dict = {"diverged_at_step": meta.get("diverged_at_step"), "train": train_info, "benchmarks": {}}
         if meta.get("diverged_at_step") is None:
-            for name, (images, pairs) in benchmarks.items():
+            for name, data in protocols.items():
                 progress.update()
-                result = evaluate_pairs(
-                    backbone, images, pairs, device=device, batch_size=cfg.evaluate.batch_size, fars=cfg.evaluate.fars,
-                    channels_last=cfg.train.channels_last,
-                )
-                entry["benchmarks"][name] = result.to_metrics()
-                per_pair.append(
-                    pd.DataFrame(
-                        {
-                            "seed": seed,
-                            "benchmark": name,
-                            "pair": range(len(pairs)),
-                            "correct": result.correct_flip if cfg.evaluate.flip else result.correct,
-                        }
-                    )
-                )
+                metrics, correct = _score(cfg, backbone, device, data)
+                entry["benchmarks"][name] = metrics
+                per_pair.append(pd.DataFrame({"seed": seed, "benchmark": name, "pair": range(len(correct)),
+                                              "correct": correct}))
         per_seed[str(seed)] = entry
         _track(cfg, paths, recipe, seed, meta, entry)
     progress.close()
@@ -65,6 +59,31 @@ def run(cfg: Config, paths: Paths, model: str) -> dict:
         frame.to_parquet(staged, index=False)
     write_json_atomic(paths.metrics("eval", model), report)
     return report
+
+
+def _held_out_protocols(paths: Paths, model: str) -> dict[str, tuple | IdentificationSet]:
+    """The held-out protocols of stage `protocols` that the evaluation plan (stage validate) names for `model`;
+    one the protocols stage skipped for this data source is left out, as its summary says."""
+    planned = json.loads(paths.evaluation_plan(model).read_text())["protocols"]
+    found = {}
+    for name in planned:
+        directory = paths.protocols / name
+        if not directory.is_dir():
+            continue  # reports/protocols.json says why (a synthetic protocol on another data source)
+        found[name] = read_identification_set(directory) if is_identification_set(directory) else load_benchmark_arrays(directory)
+    return found
+
+
+def _score(cfg: Config, backbone, device, data: tuple | IdentificationSet) -> tuple[dict, np.ndarray]:
+    """A protocol's figures and its per-item correctness (pairs: the 10-fold decision; identification: rank-1 with
+    every distractor), with or without the flip test as evaluate.flip says."""
+    if isinstance(data, IdentificationSet):
+        found = identify(backbone, data, cfg.evaluate.flip, device, cfg.evaluate.batch_size, cfg.train.channels_last)
+        return found.to_metrics(), found.hits
+    images, pairs = data
+    result = evaluate_pairs(backbone, images, pairs, device=device, batch_size=cfg.evaluate.batch_size,
+                            fars=cfg.evaluate.fars, channels_last=cfg.train.channels_last)
+    return result.to_metrics(), result.correct_flip if cfg.evaluate.flip else result.correct
 
 
 def _track(cfg: Config, paths: Paths, recipe: Recipe, seed: int, meta: dict, entry: dict) -> None:

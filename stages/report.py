@@ -29,10 +29,8 @@ def run(cfg: Config, paths: Paths) -> None:
         (n, b): report.cell(evaluations.reports[n], evaluations.per_pair[n], b, evaluations.metric, alpha).estimate
         for n in names for b in benchmarks
     }
-    sections = [
-        seed_noise.section(spec, report.build_table(spec, evaluations, alpha), cells, benchmarks)
-        for spec in cfg.tables.values()
-    ]
+    results = [(spec, report.build_table(spec, evaluations, alpha)) for spec in cfg.tables.values()]
+    sections = [seed_noise.section(spec, result, cells, result.benchmarks) for spec, result in results]
     write_text_atomic(paths.reports / "seed_noise.md", seed_noise.document(cfg, sections))
     _mirror(cfg, paths, evaluations.labels, cells, benchmarks)
     _curves(cfg, paths, names, evaluations.labels)

@@ -224,7 +224,7 @@ def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
 def test_params_yaml_is_the_one_source_of_defaults(raw):
     """A field params.yaml sets in a base section has no second default in config.py."""
     for section, value in raw.items():
-        if section in ("profile", "profiles", "rows", "tables") or not isinstance(value, dict):
+        if section in ("profile", "profiles", "rows", "tables", "protocols") or not isinstance(value, dict):
             continue
         model = config.Config.model_fields[section].annotation
         assert set(value) <= set(model.model_fields), section

@@ -18,6 +18,7 @@ from pipeline.config import AlignConfig, DataConfig
 from pipeline.data import lfw
 from pipeline.data.align_records import align_dataset, detector_from_config
 from pipeline.data.folders import HELDOUT_PROTOCOL, balanced_folds, folders_to_raw, sample_pairs, split_persons
+from pipeline.data.identification_sets import read_identification_set, write_identification_set
 from pipeline.data.ingest import prepare_raw
 from pipeline.data.records import iter_records, read_benchmark, read_metadata
 
@@ -314,3 +315,20 @@ def test_folders_job_on_lfw_photos_ingests_detects_aligns_and_holds_out(tmp_path
     assert bench["images"] == 8 and bench["pairs"] == 8
     assert summary["train_landmarks"]["detected"] + summary["train_landmarks"]["no_face"] == 16
     assert summary["train_landmarks"]["detection_rate"] >= 0.9 and summary["train_images"] >= 15
+
+
+def test_lfw_identification_set_mates_probes_and_untrained_distractors(fake_lfw, tmp_path):
+    """DevTest persons with 2+ photos: the first photo the mate, the rest probes; every other person not trained on
+    gives its first photo as a distractor; a trained person is never a distractor."""
+    trained = set(lfw.training_persons(lfw.read_labels(fake_lfw), 4)["identity"])
+    assert trained == {"Ann", "Bob", "Dee"}
+    records, roles, summary = lfw.identification_set(fake_lfw, trained)
+    persons = sorted({*DEVTRAIN, *DEVTEST})
+    named = [(persons[i], r, rec.source) for (r, i), rec in zip(roles.itertuples(index=False), records)]
+    assert [(p, r) for p, r, _ in named if r == 0] == [("Eve", 0), ("Fay", 0), ("Gus", 0)]
+    assert all(source.endswith("_0001.jpg") for _, r, source in named if r != 1)
+    assert sorted(p for p, r, _ in named if r == 1) == ["Eve", "Eve", "Fay", "Fay", "Gus"]
+    assert [p for p, r, _ in named if r == 2] == ["Cy"]
+    assert summary == {"mates": 3, "probes": 5, "distractors": 1, "trained_persons_left_out": 3}
+    write_identification_set(tmp_path / "set", records, roles, [1], [0.1])
+    assert read_identification_set(tmp_path / "set").images.shape == (9, 24, 24, 3)

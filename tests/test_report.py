@@ -17,6 +17,8 @@ from stages import table as table_stage
 
 BENCHMARKS = ("synth-lfw", "synth-cfp-fp")
 PAIRS = 400
+IDENTIFICATION = "synth-megaface"  # a held-out protocol scored as rank-1 per probe
+GROUP_PENALTY = {"synth-rfw-d": -1.5}  # one group much harder than the others
 
 
 def _smoke(extra_tables: dict | None = None) -> config.Config:
@@ -50,10 +52,10 @@ def _write_evaluations(cfg: config.Config, paths: Paths) -> None:
         seeds, frames = {}, []
         for seed in cfg.seeds:
             seeds[str(seed)] = {"diverged_at_step": None, "train": {}, "benchmarks": {}}
-            for bench in BENCHMARKS:
-                logit = level.get(name, 0.8) + difficulty + rng.normal(0, 0.15)
+            for bench in [*BENCHMARKS, *cfg.protocols_for(name)]:
+                logit = level.get(name, 0.8) + GROUP_PENALTY.get(bench, 0.0) + difficulty + rng.normal(0, 0.15)
                 correct = rng.random(PAIRS) < 1 / (1 + np.exp(-logit))
-                seeds[str(seed)]["benchmarks"][bench] = {
+                seeds[str(seed)]["benchmarks"][bench] = {"rank1": correct.mean()} if bench == IDENTIFICATION else {
                     "accuracy": correct.mean(), "accuracy_std": 0.02, "accuracy_flip": correct.mean(),
                     "accuracy_flip_std": 0.02,
                 }
@@ -130,3 +132,27 @@ def test_a_table_added_in_params_alone_is_reported(tmp_path):
     declared = {out for table in cfg.tables for out in table_stage.outputs(table)} | set(report_stage.OUTPUTS)
     inputs = {"reports/cleaning.json"} | {f"reports/metrics/eval/{n}.json" for n in trained_models(cfg)}
     assert written - declared == inputs  # the fixture's inputs; no curves to draw, so no PNG
+
+
+def test_held_out_protocols_stand_only_in_the_tables_that_list_them(project):
+    cfg, paths = project
+    assert not [c for c in pd.read_csv(paths.reports / "table3.csv").columns if "rfw" in c or "megaface" in c]
+    facex = pd.read_csv(paths.reports / "facex_heads.csv")
+    listed = [b for b in cfg.tables["facex_heads"].benchmarks if b in {*BENCHMARKS, *cfg.protocols}]
+    assert [c for c in facex.columns if c in listed] == listed  # the table's own order
+    row = facex[facex["model"] == "cosface"].iloc[0]
+    assert np.isnan(row[f"{IDENTIFICATION} fold sd"]) and 0 < row[IDENTIFICATION] < 100
+    text = (paths.reports / "facex_heads.md").read_text()
+    assert "rank-1 identification rate" in text and "rank-1" not in (paths.reports / "table3.md").read_text()
+
+
+def test_the_group_gap_is_best_minus_worst_group_per_seed(project):
+    cfg, paths = project
+    spec = cfg.tables["facex_heads"]
+    pairs = pd.read_parquet(paths.eval_dir("cosface") / "pairs.parquet")
+    per_seed = pairs[pairs["benchmark"].isin(spec.group_gap)].groupby(["seed", "benchmark"])["correct"].mean().unstack()
+    gaps = 100 * (per_seed.max(axis=1) - per_seed.min(axis=1))
+    text = (paths.reports / "facex_heads.md").read_text()
+    line = next(line for line in text.splitlines() if line.startswith("| AM-Softmax |") and "synth-rfw" in line)
+    assert f"| {gaps.mean():.2f} |" in line and " / ".join(f"{g:.2f}" for g in gaps) in line
+    assert line.rstrip(" |").endswith("synth-rfw-d")  # the made-up hard group is the worst

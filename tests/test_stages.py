@@ -1,4 +1,5 @@
 """Stage entry points: bad input gets an error naming the parameter, file or record, and leaves no half output."""
+import json
 import subprocess
 import sys
 
@@ -103,4 +104,42 @@ def test_validate_writes_a_constant_marker(tmp_path, smoke_params):
     path.write_text(yaml.safe_dump(raw))
     assert run_validate(path).returncode == 0
     assert marker.read_bytes() == first == b"params.yaml valid\n"
-    assert sorted(p.name for p in marker.parent.iterdir()) == ["params_valid.txt"]
+    assert sorted(p.name for p in marker.parent.iterdir()) == ["evaluation_plan", "params_valid.txt"]
+
+
+def test_the_evaluation_plan_follows_the_tables_benchmarks(tmp_path, smoke_params):
+    """A model is evaluated on a held-out protocol when a table showing it lists that protocol; a table edit that
+    leaves a model's list as it was leaves its plan file byte-identical (so DVC reruns no evaluation)."""
+    path, raw = smoke_params
+    plan = tmp_path / "reports" / "evaluation_plan"
+    assert run_validate(path).returncode == 0
+    facex = raw["tables"]["facex_heads"]
+    read = lambda model: json.loads((plan / f"{model}.json").read_text())["protocols"]  # noqa: E731
+    assert sorted(read("cosface")) == sorted(b for b in raw["protocols"] if b in facex["benchmarks"])
+    assert read("pretrain") == [] and read("li_arcface_m040_ns") == []
+    before = {p.name: p.read_bytes() for p in plan.iterdir()}
+    raw["tables"]["margins"] = {"title": "t", "rows": {"cosface": {}, "pretrain": {}}, "baseline": "pretrain"}
+    path.write_text(yaml.safe_dump(raw))
+    assert run_validate(path).returncode == 0
+    assert {p.name: p.read_bytes() for p in plan.iterdir()} == before
+    raw["tables"]["margins"]["benchmarks"] = ["synth-lfw", "synth-megaface"]
+    path.write_text(yaml.safe_dump(raw))
+    assert run_validate(path).returncode == 0
+    assert read("pretrain") == ["synth-megaface"]
+    assert (plan / "cosface.json").read_bytes() == before["cosface.json"]  # facex_heads already lists both
+
+
+def test_a_bad_held_out_protocol_is_named_by_validate(tmp_path, smoke_params):
+    path, raw = smoke_params
+    for bad, named in [
+        ({"kind": "cross_pose", "block": 4, "family_size": 1}, "protocols.synth-cplfw.family_size"),
+        ({"kind": "cross_pose", "block": 2}, "protocols.synth-cplfw.block"),
+        ({"kind": "cross_pose", "block": 5}, "protocols.synth-cplfw.block 5"),
+        ({"kind": "sideways", "block": 4}, "protocols.synth-cplfw.kind"),
+        ({"kind": "cross_pose", "block": 4, "yaw": 3}, "protocols.synth-cplfw: unknown parameter"),
+    ]:
+        raw["protocols"]["synth-cplfw"] = bad
+        raw["profiles"]["smoke"]["protocols"].pop("synth-cplfw", None)
+        path.write_text(yaml.safe_dump(raw))
+        result = run_validate(path)
+        assert result.returncode == 1 and named in result.stderr, (bad, result.stderr)

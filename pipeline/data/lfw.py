@@ -8,6 +8,7 @@ Which pairs a model may be scored on depends on whom it was trained on:
   50 same + 50 different pairs in file order (name order), so a person rarely spans two folds.
 - `lfw-view2` (View 2, 10 folds of 600): 2,985 of its 4,281 persons are DevTrain persons, so it is only for a
   model that saw no LFW person in training (the synthetic or a CASIA-trained model), never after DevTrain.
+- `lfw_identification` (stage protocols): 1:N search, built by `identification_set`.
 LFW photos are never copied into the project: the records hold the encoded bytes read from the root.
 """
 from __future__ import annotations
@@ -170,3 +171,32 @@ def lfw_to_raw(root: str | os.PathLike[str], out_dir: str | os.PathLike[str], mi
         "evaluated_on": f"{DEVTEST}: View 1 DevTest pairs, persons disjoint from the DevTrain persons trained on",
         "not_evaluated": f"{VIEW2}: View 2 shares persons with DevTrain, so it would score faces seen in training",
     }
+
+
+def identification_set(root: str | os.PathLike[str], trained: set[str]) -> tuple[list[FaceRecord], pd.DataFrame, dict]:
+    """LFW as a MegaFace-style set: each DevTest person with two or more photos has its first photo (name order) as
+    the mate and the others as probes; every other person not in `trained` gives one photo (its first) as a
+    distractor. Returns the records, their roles (role code: 0 mate, 1 probe, 2 distractor; identity) and a summary."""
+    labels = read_labels(root).sort_values(["identity", "image"], kind="stable")
+    root = resolve_root(root)
+    devtest = labels[labels["view1_split"] == "devtest"]
+    counts = devtest["identity"].value_counts()
+    gallery_persons = set(counts[counts >= 2].index)
+    if not gallery_persons:
+        raise ValueError(f"{root}/labels.csv: no DevTest person has two photos, so no probe has a mate")
+    persons = {name: i for i, name in enumerate(sorted(labels["identity"].unique()))}
+    records, roles = [], []
+    for name, photos in labels.groupby("identity", sort=True):
+        if name in gallery_persons:
+            chosen = [(image, 0 if k == 0 else 1) for k, image in enumerate(photos["image"])]
+        elif name in trained:
+            continue  # a person the model was trained on is no fair distractor
+        else:
+            chosen = [(photos["image"].iloc[0], 2)]
+        for image, role in chosen:
+            records.append(_record(root, image, persons[name]))
+            roles.append((role, persons[name]))
+    frame = pd.DataFrame(roles, columns=["role", "identity"]).astype({"role": "int8", "identity": "int64"})
+    summary = {"mates": int((frame["role"] == 0).sum()), "probes": int((frame["role"] == 1).sum()),
+               "distractors": int((frame["role"] == 2).sum()), "trained_persons_left_out": len(trained & set(persons))}
+    return records, frame, summary

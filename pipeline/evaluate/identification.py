@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ class CurvePoint:
     distractors: int
     candidates: int  # mates + distractors searched
     rates: dict[int, float]  # CMC: rank r -> fraction of probes whose mate ranks r or better
+    probe_ranks: NDArray[np.int64] = field(repr=False, compare=False)  # each probe's rank of its mate (1: a hit)
 
     @property
     def rank1(self) -> float:
@@ -264,7 +265,9 @@ def evaluate_identification(
             ahead_at[stop] = ahead.clone()
 
     curve = tuple(
-        CurvePoint(k, n_mates + k, {r: float((ahead_at[k] < r).double().mean()) for r in rank_list}) for k in counts
+        CurvePoint(k, n_mates + k, {r: float((ahead_at[k] < r).double().mean()) for r in rank_list},
+                   (ahead_at[k] + 1).cpu().numpy())
+        for k in counts
     )
     top = torch.sort(largest.values, descending=True).values.cpu().double().numpy()
     genuine_np = genuine.cpu().double().numpy()

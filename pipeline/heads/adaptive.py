@@ -1,8 +1,20 @@
 """Heads that adapt a setting during training: AdaCos (the scale) and AdaM-Softmax (per-class margins).
 
 AdaCos = Zhang et al., "AdaCos: Adaptively Scaling Cosine Logits...", CVPR 2019; AdaptiveFace = Liu et al.,
-"AdaptiveFace: Adaptive Margin and Sampling for Face Recognition", CVPR 2019. Neither paper is in
-shared/papers: equation numbers follow the arXiv versions as recalled, not checked against the text here.
+"AdaptiveFace: Adaptive Margin and Sampling for Face Recognition", CVPR 2019. Neither paper is in shared/papers,
+so the equation numbers cited (arXiv versions) are not checked against the papers; the formulas were checked
+against FaceX-Zoo's head/AdaCos.py and head/AdaM_Softmax.py (JDAI-CV/FaceX-Zoo, commit 16b793a): s_0, the B_avg /
+theta_med scale update (made before the batch uses it), the per-class CosFace target and the margin term agree.
+Differences from FaceX-Zoo, none in the formulas:
+- AdaCos theta_med: for an even batch the midpoint of the two middle angles here; torch.median there takes the lower.
+- AdaCos s: a buffer updated in training mode only here; there a plain attribute (not checkpointed), also updated
+  in eval mode.
+- AdaM-Softmax defaults: s = 64 here, 30 there (32 in its head_conf.yaml); margins start at m = 0.35 here, uniform
+  in [0.3, 0.4] there; lam = 70 in both.
+- AdaM-Softmax penalty: lam * L_m here, lam * (L_m + 1) there (a constant to keep the loss positive): same gradient.
+- AdaM-Softmax clamp: there the margin parameter itself is clamped to [0, 1] in place before each forward, so it
+  keeps its gradient at a bound; here only the value used is clamped, so a margin stepped outside [0, 1] gets no
+  loss gradient and stays out there, used as the bound, unless momentum or weight decay bring it back.
 """
 from __future__ import annotations
 
@@ -26,6 +38,7 @@ def adacos_scale(cos: Tensor, labels: Tensor, s_prev: Tensor) -> Tensor:
 
     B_avg = mean_i sum_{k != y_i} exp(s_{t-1} cos theta_{i,k}), taken in log space so that no exp overflows;
     theta_med is the batch median of the target angles (midpoint of the two middle ones for an even batch).
+    Same update as FaceX-Zoo's head/AdaCos.py (16b793a), whose torch.median takes the lower middle one instead.
     """
     others = (s_prev * cos).masked_fill(~non_target_mask(cos, labels), -math.inf)
     log_b_avg = torch.logsumexp(torch.logsumexp(others, dim=1), dim=0) - math.log(cos.shape[0])
@@ -39,7 +52,10 @@ def adam_softmax_logits(cos: Tensor, labels: Tensor, s: float, margins: Tensor) 
 
 
 def adam_margin_penalty(margins: Tensor, lam: float) -> Tensor:
-    """lambda * L_m with L_m = -(1/C) sum_j m_j: added to the loss, it rewards larger margins (AdaptiveFace Eq. 5-6)."""
+    """lambda * L_m with L_m = -(1/C) sum_j m_j: added to the loss, it rewards larger margins (AdaptiveFace Eq. 5-6).
+
+    FaceX-Zoo's head/AdaM_Softmax.py (16b793a) adds lambda to keep the term positive; the gradient is the same.
+    """
     return -lam * margins.mean()
 
 

@@ -1,6 +1,9 @@
 """Circle loss with class-level labels: Sun et al., "Circle Loss: A Unified Perspective of Pair Similarity
-Optimization", CVPR 2020. The paper is not in shared/papers: equation numbers follow the arXiv version as
-recalled, not checked against the text here.
+Optimization", CVPR 2020. The paper is not in shared/papers, so the equation numbers cited (arXiv version) are not
+checked against it; the formula was checked against FaceX-Zoo's head/CircleLoss.py (JDAI-CV/FaceX-Zoo, commit
+16b793a), its classification form: alpha_p, alpha_n (detached), O_p = 1 + m, O_n = -m, Delta_p = 1 - m,
+Delta_n = m, the logits and the defaults m = 0.25, gamma = 256 agree.
+One difference: FaceX-Zoo clamps the cosines to [-1, 1] first; MarginHead.cosine does not (rounding only).
 """
 from __future__ import annotations
 

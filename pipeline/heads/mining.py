@@ -2,8 +2,22 @@
 
 A negative class j of sample i is hard when cos(theta_j) exceeds the sample's margin target. MV-Softmax = Wang
 et al., AAAI 2020; CurricularFace = Huang et al., CVPR 2020; NPCFace = Zeng et al., arXiv:2007.10172 (v1).
-None of these papers is in shared/papers: equation numbers follow the arXiv versions as recalled, not checked
-against the text here.
+None of these papers is in shared/papers, so the equation numbers cited (arXiv versions) are not checked against the
+papers; the formulas were checked against FaceX-Zoo's head/MV_Softmax.py, head/CurricularFace.py and head/NPCFace.py
+(JDAI-CV/FaceX-Zoo, commit 16b793a), MV-Softmax also against its authors' release (xiaoboCASIA/SV-X-Softmax,
+fc_layers.py, commit de3a82d). The hard-negative rule, the negative logits (t cos + t - 1, cos (t + cos),
+t cos + alpha), the t update (momentum 0.99, t_0 = 0, before use) and m_i = m0 + m1 * mean hard cos (no gradient,
+m0 with none) agree. Differences from FaceX-Zoo:
+- Arc hard-negative threshold (all but am MV-Softmax): FaceX-Zoo compares with the raw cos(theta_y + m); here with
+  the arc target and its fallback (arc_target), lower once theta_y + m > pi, so here more negatives count as hard.
+- MV-Softmax target: FaceX-Zoo applies the margin only where cos(theta_y) > m (am) or > 0 (arc, an easy-margin
+  branch; the authors' release uses cos(theta_y) > 0 for both); here always (am) or with the ArcFace fallback (arc).
+- NPCFace target: FaceX-Zoo keeps cos(theta_y) where cos(theta_y) <= 0 (easy margin); here the ArcFace fallback.
+  Both give cos(theta_y + m_i) where cos(theta_y) > 0, as m_i <= pi/2.
+- CurricularFace target: the same ArcFace fallback, cos(theta_y) - m sin(m), in both.
+- CurricularFace t: FaceX-Zoo also updates it in eval mode; here only in training.
+- Defaults: MV-Softmax t = 1.12, s = 32 there (authors' release: 1.2 cos + 0.2, s = 32); NPCFace m = 0.5, s = 64
+  in FaceX-Zoo's code but 0.35, 32 in its head_conf.yaml; m0, m1, t, alpha and CurricularFace's m, s agree.
 """
 from __future__ import annotations
 
@@ -18,7 +32,10 @@ from pipeline.heads.base import MarginHead, choice, number, register
 
 
 def hard_negatives(cos: Tensor, labels: Tensor, target: Tensor) -> Tensor:
-    """I_j = 1 where a non-target cos(theta_j) exceeds the sample's margin target (MV-Softmax Eq. 6)."""
+    """I_j = 1 where a non-target cos(theta_j) exceeds the sample's margin target (MV-Softmax Eq. 6).
+
+    FaceX-Zoo uses the raw cos(theta_y + m) as the arc threshold, with no fallback past pi (see the module docstring).
+    """
     return (cos > target[:, None]) & non_target_mask(cos, labels)
 
 
@@ -67,7 +84,7 @@ def npcface_logits(
 class MVSettings:
     s: float = 64.0  # the paper trains with s = 32; the house default is 64
     m: float = 0.35
-    t: float = 1.2  # FaceX-Zoo's setting: hard negatives become 1.2 cos + 0.2
+    t: float = 1.2  # the authors' release (t = 0.2 there): hard negatives become 1.2 cos + 0.2; FaceX-Zoo uses 1.12
     variant: str = "am"
 
     def __post_init__(self) -> None:

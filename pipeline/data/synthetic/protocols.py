@@ -15,7 +15,7 @@ import pandas as pd
 from pipeline.data.synthetic import seeds
 from pipeline.data.synthetic.nuisance import Nuisance, YawMode, sample
 from pipeline.data.synthetic.spec import IDENTITY_BLOCK, ProtocolSpec, SyntheticSpec
-from pipeline.data.synthetic.traits import Identity, make_identity
+from pipeline.data.synthetic.traits import Identity, Population, make_identity
 from pipeline.registry import Registry
 
 
@@ -50,10 +50,13 @@ def _protocol(name: str, code: int) -> Callable[[ProtocolBuilder], ProtocolBuild
     return decorate
 
 
-def _identity(spec: SyntheticSpec, split: int, index: int, block_start: int) -> Identity:
+def protocol_identity(spec: SyntheticSpec, split: int, index: int, block_start: int, lookalike_fraction: float | None = None,
+             population: Population | None = None) -> Identity:
+    """Identity `index` of split (protocol code) `split`; look-alike share and population default to the spec's."""
+    fraction = spec.lookalike_fraction if lookalike_fraction is None else lookalike_fraction
     return make_identity(
         spec.seed, split, index, block_start, split * IDENTITY_BLOCK,
-        spec.lookalike_fraction, spec.lookalike_strength, spec.identity_strength,
+        fraction, spec.lookalike_strength, spec.identity_strength, population,
     )
 
 
@@ -61,13 +64,13 @@ def _base_age(spec: SyntheticSpec, identity: Identity) -> float:
     return spec.nuisance.age_min + (spec.nuisance.age_max - spec.nuisance.age_min) * identity.traits.age_u
 
 
-def _jittered_age(spec: SyntheticSpec, identity: Identity, image: int) -> float:
+def jittered_age(spec: SyntheticSpec, identity: Identity, image: int) -> float:
     """The identity's age plus a per-image jitter, kept inside the age range."""
     jitter = seeds.stream(spec.seed, seeds.AGE, identity.split, identity.index, image).normal(0.0, spec.nuisance.age_jitter)
     return float(np.clip(_base_age(spec, identity) + jitter, spec.nuisance.age_min, spec.nuisance.age_max))
 
 
-def _job(spec: SyntheticSpec, identity: Identity, image: int, fold: int, mode: YawMode, age: float, split: str,
+def job(spec: SyntheticSpec, identity: Identity, image: int, fold: int, mode: YawMode, age: float, split: str,
          label: int | None = None, noisy: bool = False) -> ImageJob:
     rng = seeds.stream(spec.seed, seeds.NUISANCE, identity.split, identity.index, image)
     return ImageJob(
@@ -82,7 +85,7 @@ def plan_training(spec: SyntheticSpec) -> list[ImageJob]:
     An image's noise rank is its own uniform draw, so adding identities changes few existing labels.
     """
     n_ids, per = spec.train_identities, spec.train_images_per_identity
-    identities = [_identity(spec, seeds.TRAIN, i, 0) for i in range(n_ids)]
+    identities = [protocol_identity(spec, seeds.TRAIN, i, 0) for i in range(n_ids)]
     draws = np.array([seeds.stream(spec.seed, seeds.LABEL, seeds.TRAIN, i, j).random(2)
                       for i in range(n_ids) for j in range(per)]).reshape(n_ids * per, 2)
     n_noisy = int(round(spec.label_noise * n_ids * per))
@@ -93,17 +96,17 @@ def plan_training(spec: SyntheticSpec) -> list[ImageJob]:
         for j in range(per):
             k = i * per + j
             label = (i + 1 + int(draws[k, 1] * (n_ids - 1))) % n_ids if noisy[k] else i
-            jobs.append(_job(spec, identity, j, -1, YawMode.TRAINING, _jittered_age(spec, identity, j), "train",
+            jobs.append(job(spec, identity, j, -1, YawMode.TRAINING, jittered_age(spec, identity, j), "train",
                              label=label, noisy=bool(noisy[k])))
     return jobs
 
 
 def _fold_identities(spec: SyntheticSpec, protocol: ProtocolSpec, name: str, fold: int) -> list[Identity]:
     k = protocol.identities_per_fold
-    return [_identity(spec, CODES[name], fold * k + i, fold * k) for i in range(k)]
+    return [protocol_identity(spec, CODES[name], fold * k + i, fold * k) for i in range(k)]
 
 
-def _sample_pairs(
+def sample_pairs(
     rng: np.random.Generator, protocol: ProtocolSpec, where: str, ids: list[Identity],
     side_a: list[list[int]], side_b: list[list[int]], ok: Callable[[int, int], bool], ordered: bool,
 ) -> tuple[list[tuple[int, int, bool]], int]:
@@ -151,21 +154,29 @@ FoldResult = tuple[list[ImageJob], list[list[int]], list[list[int]], Callable[[i
 FoldPlan = Callable[[int, list[Identity], int], FoldResult]  # (fold, its identities, first job row) -> FoldResult
 
 
-def _assemble(spec: SyntheticSpec, protocol: ProtocolSpec, name: str, fold_plan: FoldPlan) -> ProtocolPlan:
+def assemble(spec: SyntheticSpec, protocol: ProtocolSpec, where: str, code: int,
+             fold_identities: Callable[[int], list[Identity]], fold_plan: FoldPlan) -> ProtocolPlan:
+    """A pair protocol fold by fold: its identities, their images (`fold_plan`) and pairs drawn on the stream of
+    (seed, PAIRS, code, fold); `where` names the protocol in errors."""
     jobs: list[ImageJob] = []
     rows: list[tuple[int, int, bool, int]] = []
     hard_total = 0
     for fold in range(protocol.folds):
-        ids = _fold_identities(spec, protocol, name, fold)
+        ids = fold_identities(fold)
         fold_jobs, side_a, side_b, ok, ordered = fold_plan(fold, ids, len(jobs))
         jobs.extend(fold_jobs)
-        rng = seeds.stream(spec.seed, seeds.PAIRS, CODES[name], fold)
-        pairs, hard = _sample_pairs(rng, protocol, f"protocols.{name} fold {fold}", ids, side_a, side_b, ok, ordered)
+        rng = seeds.stream(spec.seed, seeds.PAIRS, code, fold)
+        pairs, hard = sample_pairs(rng, protocol, f"{where} fold {fold}", ids, side_a, side_b, ok, ordered)
         rows.extend((a, b, s, fold) for a, b, s in pairs)
         hard_total += hard
     frame = pd.DataFrame(rows, columns=["a", "b", "same", "fold"])
     frame = frame.astype({"a": "int64", "b": "int64", "same": bool, "fold": "int64"})
     return ProtocolPlan(jobs=jobs, pairs=frame, hard_negatives=hard_total)
+
+
+def _assemble_registered(spec: SyntheticSpec, protocol: ProtocolSpec, name: str, fold_plan: FoldPlan) -> ProtocolPlan:
+    return assemble(spec, protocol, f"protocols.{name}", CODES[name],
+                    lambda fold: _fold_identities(spec, protocol, name, fold), fold_plan)
 
 
 @_protocol("synth-lfw", code=1)
@@ -176,11 +187,11 @@ def plan_lfw(spec: SyntheticSpec, protocol: ProtocolSpec, name: str) -> Protocol
         jobs, rows = [], []
         for identity in ids:
             rows.append(list(range(offset + len(jobs), offset + len(jobs) + protocol.images_per_identity)))
-            jobs += [_job(spec, identity, j, fold, YawMode.GENERAL, _jittered_age(spec, identity, j), name)
+            jobs += [job(spec, identity, j, fold, YawMode.GENERAL, jittered_age(spec, identity, j), name)
                      for j in range(protocol.images_per_identity)]
         return jobs, rows, rows, lambda a, b: True, False
 
-    return _assemble(spec, protocol, name, fold_plan)
+    return _assemble_registered(spec, protocol, name, fold_plan)
 
 
 @_protocol("synth-cfp-fp", code=2)
@@ -196,11 +207,11 @@ def plan_cfp_fp(spec: SyntheticSpec, protocol: ProtocolSpec, name: str) -> Proto
             start = offset + len(jobs)
             frontal.append(list(range(start, start + n_frontal)))
             profile.append(list(range(start + n_frontal, start + protocol.images_per_identity)))
-            jobs += [_job(spec, identity, j, fold, YawMode.FRONTAL if j < n_frontal else YawMode.PROFILE,
-                          _jittered_age(spec, identity, j), name) for j in range(protocol.images_per_identity)]
+            jobs += [job(spec, identity, j, fold, YawMode.FRONTAL if j < n_frontal else YawMode.PROFILE,
+                          jittered_age(spec, identity, j), name) for j in range(protocol.images_per_identity)]
         return jobs, frontal, profile, lambda a, b: True, True
 
-    return _assemble(spec, protocol, name, fold_plan)
+    return _assemble_registered(spec, protocol, name, fold_plan)
 
 
 @_protocol("synth-agedb", code=3)
@@ -216,8 +227,8 @@ def plan_agedb(spec: SyntheticSpec, protocol: ProtocolSpec, name: str) -> Protoc
             rows.append(list(range(offset + len(jobs), offset + len(jobs) + m)))
             for j in range(m):  # stratified: image j falls in the j-th of m equal age bands
                 u = seeds.stream(spec.seed, seeds.AGE, identity.split, identity.index, j).random()
-                jobs.append(_job(spec, identity, j, fold, YawMode.GENERAL, lo + (hi - lo) * (j + u) / m, name))
+                jobs.append(job(spec, identity, j, fold, YawMode.GENERAL, lo + (hi - lo) * (j + u) / m, name))
         ages = {offset + k: job.nuisance.age for k, job in enumerate(jobs)}
         return jobs, rows, rows, lambda a, b: abs(ages[a] - ages[b]) >= protocol.min_age_gap, False
 
-    return _assemble(spec, protocol, name, fold_plan)
+    return _assemble_registered(spec, protocol, name, fold_plan)

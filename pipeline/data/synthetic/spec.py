@@ -82,7 +82,7 @@ class SyntheticSpec:
     def from_dict(cls, values: dict[str, Any], source: str = "data.synthetic") -> SyntheticSpec:
         """Build from params (nested dicts for `nuisance` and `protocols`); unknown keys are errors."""
         values = dict(values)
-        nuisance = _build(NuisanceSpec, values.pop("nuisance", {}) or {}, f"{source}.nuisance")
+        nuisance = build_spec(NuisanceSpec, values.pop("nuisance", {}) or {}, f"{source}.nuisance")
         protocols = _default_protocols()
         for name, override in (values.pop("protocols", {}) or {}).items():
             if name not in protocols:
@@ -93,14 +93,14 @@ class SyntheticSpec:
             if not isinstance(override, dict):
                 raise ValueError(f"{source}.protocols.{name} must be a mapping or null, got {type(override).__name__}")
             base = dataclasses.asdict(protocols[name])
-            protocols[name] = _build(ProtocolSpec, {**base, **override}, f"{source}.protocols.{name}")
-        return _build(cls, {**values, "nuisance": nuisance, "protocols": protocols}, source)
+            protocols[name] = build_spec(ProtocolSpec, {**base, **override}, f"{source}.protocols.{name}")
+        return build_spec(cls, {**values, "nuisance": nuisance, "protocols": protocols}, source)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _build(kind: type, values: dict[str, Any], source: str) -> Any:
+def build_spec(kind: type, values: dict[str, Any], source: str) -> Any:
     if not isinstance(values, dict):
         raise ValueError(f"{source} must be a mapping, got {type(values).__name__}")
     known = {f.name for f in dataclasses.fields(kind)}

@@ -81,6 +81,29 @@ class Traits:
 
 
 @dataclass(frozen=True)
+class Population:
+    """Where a group's identities live in latent space: latent = centre + spread * z, z the usual standard-normal
+    draw. The training population is centre 0, spread 1; a shifted centre is a group the training set under-represents
+    (per-group verification, RFW-like)."""
+
+    centre: np.ndarray  # (LATENT_DIM,)
+    spread: float
+
+    @classmethod
+    def shifted(cls, shifts: dict[str, float], spread: float) -> Population:
+        """A population whose centre moves the named traits by the given latent standard deviations."""
+        unknown = sorted(set(shifts) - set(TRAIT_RANGES))
+        if unknown:
+            raise ValueError(f"unknown trait(s) {unknown}; known: {', '.join(TRAIT_RANGES)}")
+        if not spread > 0.0:
+            raise ValueError(f"spread must be > 0, got {spread}")
+        centre = np.zeros(LATENT_DIM)
+        for k, name in enumerate(TRAIT_RANGES):
+            centre[k] = float(shifts.get(name, 0.0))
+        return cls(centre=centre, spread=float(spread))
+
+
+@dataclass(frozen=True)
 class Identity:
     id: int  # global identity id (the FaceRecord identity)
     index: int  # index within its split
@@ -121,13 +144,17 @@ def _root_index(seed: int, split: int, index: int, block_start: int, fraction: f
 def make_identity(
     seed: int, split: int, index: int, block_start: int, id_offset: int,
     lookalike_fraction: float, lookalike_strength: float, identity_strength: float,
+    population: Population | None = None,
 ) -> Identity:
-    """Identity `index` of a split; look-alike parents are drawn only from [block_start, index)."""
+    """Identity `index` of a split; look-alike parents are drawn only from [block_start, index). `population`
+    (None: the training population, standard-normal latents) moves and narrows where the latent is drawn."""
     if not block_start <= index:
         raise ValueError(f"identity index {index} lies before its block start {block_start}")
     root = _root_index(seed, split, index, block_start, lookalike_fraction)
     own = _own_latent(seed, split, index)
     latent = own if root == index else _own_latent(seed, split, root) + lookalike_strength * own
+    if population is not None:
+        latent = population.centre + population.spread * latent
     marks_rng = seeds.stream(seed, seeds.IDENTITY_MARKS, split, index)
     marks = np.column_stack([marks_rng.uniform(-0.85, 0.85, MARKS), marks_rng.uniform(-20.0, 40.0, MARKS)])
     return Identity(

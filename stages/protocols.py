@@ -1,0 +1,24 @@
+"""Stage protocols: write data/protocols — the held-out test protocols of params `protocols` (cross-pose, cross-age,
+per-group verification, 1:N identification), aligned, on identities no other set uses."""
+from __future__ import annotations
+
+import os
+
+from pipeline import protocols, stage
+from pipeline.atomic_io import write_json_atomic
+from pipeline.config import Config
+from pipeline.paths import Paths
+
+
+def run(cfg: Config, paths: Paths) -> dict:
+    summary = protocols.build(cfg, paths.protocols, workers=min(2, os.cpu_count() or 1))
+    write_json_atomic(paths.reports / "protocols.json", summary)
+    return summary
+
+
+def main() -> None:
+    stage.main("protocols", run)
+
+
+if __name__ == "__main__":
+    main()
