@@ -57,6 +57,18 @@ def test_cross_age_pairs_span_the_gap_and_negatives_are_lookalikes():
             assert ia.root == ib.root
 
 
+def test_family_strength_sets_how_alike_a_family_is():
+    def spread(strength: float) -> float:
+        p = plan(SPEC, "x", CrossPoseSpec(block=4, families_per_fold=30, family_size=2, folds=1, pairs_per_fold=10,
+                                          family_strength=strength))
+        members = {j.identity.id: j.identity for j in p.jobs}
+        gaps = [abs(a.traits.values["skin_tone"] - b.traits.values["skin_tone"])
+                for a in members.values() for b in members.values() if a.root == b.root and a.id < b.id]
+        return float(np.mean(gaps))
+
+    assert spread(0.2) < spread(0.7) < spread(2.0)
+
+
 def test_families_are_a_root_and_its_lookalikes():
     p = plan(SPEC, "x", CrossPoseSpec(block=4, families_per_fold=3, family_size=4, folds=1, pairs_per_fold=6))
     roots = pd.Series({j.identity.id: j.identity.root for j in p.jobs})
@@ -126,6 +138,7 @@ def test_held_out_identities_are_disjoint_from_training_the_pair_protocols_and_e
     ({"kind": "group", "block": 6, "shift": {"fins": 1.0}}, "shift"),
     ({"kind": "cross_pose", "block": 4, "profile_per_identity": 4}, "profile_per_identity"),
     ({"kind": "cross_age", "block": 4, "folds": True}, "folds"),
+    ({"kind": "cross_age", "block": 4, "family_strength": 0}, "family_strength"),
 ])
 def test_bad_protocol_values_are_named(values, named):
     with pytest.raises(ValueError, match=f"protocols.p.{named}"):

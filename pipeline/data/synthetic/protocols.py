@@ -50,13 +50,16 @@ def _protocol(name: str, code: int) -> Callable[[ProtocolBuilder], ProtocolBuild
     return decorate
 
 
-def protocol_identity(spec: SyntheticSpec, split: int, index: int, block_start: int, lookalike_fraction: float | None = None,
-             population: Population | None = None) -> Identity:
-    """Identity `index` of split (protocol code) `split`; look-alike share and population default to the spec's."""
+def protocol_identity(spec: SyntheticSpec, split: int, index: int, block_start: int,
+                      lookalike_fraction: float | None = None, lookalike_strength: float | None = None,
+                      population: Population | None = None) -> Identity:
+    """Identity `index` of split (protocol code) `split`; look-alike share and strength default to the spec's,
+    the population to the training one."""
     fraction = spec.lookalike_fraction if lookalike_fraction is None else lookalike_fraction
+    strength = spec.lookalike_strength if lookalike_strength is None else lookalike_strength
     return make_identity(
         spec.seed, split, index, block_start, split * IDENTITY_BLOCK,
-        fraction, spec.lookalike_strength, spec.identity_strength, population,
+        fraction, strength, spec.identity_strength, population,
     )
 
 
