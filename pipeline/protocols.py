@@ -31,7 +31,7 @@ def _aligned(records, crop_size: int, name: str) -> list[FaceRecord]:
             for i, record in enumerate(records)]
 
 
-def build(cfg: Config, out_dir: Path, workers: int = 1) -> dict:
+def build(cfg: Config, out_dir: Path) -> dict:
     """Write every protocol of params `protocols` into `out_dir` (whole or not at all); returns the summary.
 
     A synthetic kind needs the synthetic source (its identities come from that generator) and lfw_identification
@@ -46,7 +46,7 @@ def build(cfg: Config, out_dir: Path, workers: int = 1) -> dict:
                 summary["skipped"][name] = reason
                 continue
             if is_synthetic(spec):
-                summary["protocols"][name] = _synthetic(cfg, name, spec, staged / name, workers)
+                summary["protocols"][name] = _synthetic(cfg, name, spec, staged / name)
             else:
                 summary["protocols"][name] = _lfw_identification(cfg, name, spec, staged / name)
     return summary
@@ -60,11 +60,11 @@ def _unavailable(cfg: Config, spec: HeldoutSpec) -> str | None:
     return None
 
 
-def _synthetic(cfg: Config, name: str, spec: HeldoutSpec, out: Path, workers: int) -> dict:
+def _synthetic(cfg: Config, name: str, spec: HeldoutSpec, out: Path) -> dict:
     synthetic = SyntheticSpec.from_dict(cfg.data.synthetic)
     planned = plan(synthetic, name, spec)
     log.info("protocol %s (%s): %d images", name, kind_of(spec), len(planned.jobs))
-    images = _aligned(render_records(synthetic.canvas, planned.jobs, workers), cfg.align.crop_size, name)
+    images = _aligned(render_records(synthetic.canvas, planned.jobs), cfg.align.crop_size, name)
     entry = {"kind": kind_of(spec), "images": len(images), "identities": len({j.identity.id for j in planned.jobs})}
     if isinstance(planned, IdentificationPlan):
         write_identification_set(out, images, planned.roles, spec.distractor_counts, spec.fars)

@@ -2,8 +2,6 @@
 per-group verification, 1:N identification), aligned, on identities no other set uses."""
 from __future__ import annotations
 
-import os
-
 from pipeline import protocols, stage
 from pipeline.atomic_io import write_json_atomic
 from pipeline.config import Config
@@ -11,7 +9,9 @@ from pipeline.paths import Paths
 
 
 def run(cfg: Config, paths: Paths) -> dict:
-    summary = protocols.build(cfg, paths.protocols, workers=min(2, os.cpu_count() or 1))
+    # one process: rendering workers are forked, and this stage has torch (and its thread pools) loaded, where a fork
+    # can deadlock (it did, on the cpu profile); synthesize renders in one process too
+    summary = protocols.build(cfg, paths.protocols)
     write_json_atomic(paths.reports / "protocols.json", summary)
     return summary
 
