@@ -30,7 +30,7 @@ def run(cfg: Config, paths: Paths, model: str) -> dict:
         raise KeyError(f"model {model!r} is not trained by this profile; known: {', '.join(recipes(cfg))}")
     device = resolve_device(cfg.train.device)
     benchmarks = {d.name: load_benchmark_arrays(d) for d in sorted(paths.benchmarks(paths.aligned).iterdir())}
-    protocols = {**benchmarks, **_held_out_protocols(paths, model)}
+    protocols = {**benchmarks, **_held_out_protocols(cfg, paths, model)}
     for name, data in protocols.items():
         if isinstance(data, tuple) and data[1]["fold"].nunique() != cfg.evaluate.folds:
             raise ValueError(
@@ -61,12 +61,12 @@ def run(cfg: Config, paths: Paths, model: str) -> dict:
     return report
 
 
-def _held_out_protocols(paths: Paths, model: str) -> dict[str, tuple | IdentificationSet]:
-    """The held-out protocols of stage `protocols` that the evaluation plan (stage validate) names for `model`;
-    one the protocols stage skipped for this data source is left out, as its summary says."""
-    planned = json.loads(paths.evaluation_plan(model).read_text())["protocols"]
+def _held_out_protocols(cfg: Config, paths: Paths, model: str) -> dict[str, tuple | IdentificationSet]:
+    """The held-out protocols of stage `protocols` that the tables showing `model` list (what stage validate writes
+    into its evaluation plan, the file DVC watches); one the protocols stage skipped for this data source is left
+    out, as its summary says."""
     found = {}
-    for name in planned:
+    for name in cfg.protocols_for(model):
         directory = paths.protocols / name
         if not directory.is_dir():
             continue  # reports/protocols.json says why (a synthetic protocol on another data source)
