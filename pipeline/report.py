@@ -238,13 +238,23 @@ def group_gaps(spec: TableConfig, ev: Evaluations) -> pd.DataFrame:
         seeds = sorted(set.intersection(*(set(v) for v in per_group.values())))
         gaps = [max(per_group[b][s] for b in spec.group_gap) - min(per_group[b][s] for b in spec.group_gap) for s in seeds]
         means = {b: float(np.mean([per_group[b][s] for s in seeds])) if seeds else math.nan for b in spec.group_gap}
+        pairs = {b: int((ev.per_pair[name]["benchmark"] == b).sum() / max(len(seeds), 1)) for b in spec.group_gap}
+        sd = math.sqrt(np.mean([means[b] * (1 - means[b]) / pairs[b] for b in spec.group_gap])) if seeds else math.nan
         records.append({
             "model": name, "label": entry.label or ev.labels[name], "seeds": len(seeds),
             "gap": 100 * float(np.mean(gaps)) if gaps else math.nan,
             "gap seed values": ";".join(f"{100 * g:.2f}" for g in gaps),
+            "noise floor": 100 * expected_range(len(spec.group_gap)) * sd,
             "best group": max(means, key=means.get) if seeds else "", "worst group": min(means, key=means.get) if seeds else "",
         })
     return pd.DataFrame.from_records(records)
+
+
+def expected_range(k: int, draws: int = 200_000) -> float:
+    """E[max - min] of k independent standard normals (the d2 constant of range control charts: 1.128 for k = 2,
+    2.059 for 4), by a seeded Monte Carlo: the gap k equal groups show from pair sampling alone, in SDs."""
+    samples = np.random.default_rng(0).standard_normal((draws, k))
+    return float((samples.max(axis=1) - samples.min(axis=1)).mean())
 
 
 def _seed_means(pairs: pd.DataFrame, benchmark: str) -> tuple[list[int], list[float]]:
@@ -253,10 +263,11 @@ def _seed_means(pairs: pd.DataFrame, benchmark: str) -> tuple[list[int], list[fl
 
 
 def gaps_markdown(frame: pd.DataFrame) -> str:
-    lines = ["| Row | gap (points): mean over seeds | per seed | best group | worst group |", "|---|---:|---|---|---|"]
+    lines = ["| Row | gap (points): mean over seeds | per seed | noise floor | best group | worst group |",
+             "|---|---:|---|---:|---|---|"]
     for _, r in frame.iterrows():
         lines.append(f"| {r['label']} | {r['gap']:.2f} | {r['gap seed values'].replace(';', ' / ')} | "
-                     f"{r['best group']} | {r['worst group']} |")
+                     f"{r['noise floor']:.2f} | {r['best group']} | {r['worst group']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -293,7 +304,9 @@ def document(cfg: Config, spec: TableConfig, result: TableResult, ev: Evaluation
         lines += [
             f"Between groups ({', '.join(spec.group_gap)}: identities drawn from differently shifted populations, "
             "the first the training population's): the gap is the best group's accuracy minus the worst's, per seed "
-            "(RFW's measure of bias), then averaged.",
+            "(RFW's measure of bias), then averaged. The noise floor is the gap that groups of equal accuracy would "
+            "show from the finite pairs alone (the expected range of that many independent accuracies, each with "
+            "its binomial SD): a gap near it says nothing about the groups.",
             "",
             gaps_markdown(group_gaps(spec, ev)),
         ]

@@ -156,3 +156,10 @@ def test_the_group_gap_is_best_minus_worst_group_per_seed(project):
     line = next(line for line in text.splitlines() if line.startswith("| AM-Softmax |") and "synth-rfw" in line)
     assert f"| {gaps.mean():.2f} |" in line and " / ".join(f"{g:.2f}" for g in gaps) in line
     assert line.rstrip(" |").endswith("synth-rfw-d")  # the made-up hard group is the worst
+
+
+def test_expected_range_matches_the_range_chart_constants():
+    from pipeline.report import expected_range
+
+    assert expected_range(2) == pytest.approx(2 / np.sqrt(np.pi), abs=0.01)  # E|Z1 - Z2| = 2 / sqrt(pi)
+    assert expected_range(4) == pytest.approx(2.059, abs=0.01)
