@@ -2,13 +2,17 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
 from pipeline import config, heads, models
 from pipeline.config import TrainConfig
-from pipeline.train import checkpoint
+from pipeline.data.images import encode_png
+from pipeline.data.loader import FaceDataset, Preloaded
+from pipeline.data.records import NO_LANDMARKS, FaceRecord, write_records
+from pipeline.train import checkpoint, engine
 from pipeline.train.engine import ModelBlewUp, TrainJob, distillation_loss, train
 from pipeline.train.optim import parameter_groups, step_lr_factor
 from pipeline.train.order import StepBatchSampler
@@ -61,6 +65,31 @@ def test_killed_run_resumes_bitwise(tmp_path):
     record = json.loads((tmp_path / "killed" / "train.json").read_text())
     assert record["resumed_from_steps"] == [4]
     assert json.loads((tmp_path / "whole" / "train.json").read_text())["resumed_from_steps"] == []
+
+
+def face_records(path, n=48, classes=4):
+    """`tiny_dataset`'s kind of data as a records directory (PNG crops), what the pipeline trains on."""
+    generator = np.random.default_rng(0)
+    write_records(path, [
+        FaceRecord(image=encode_png(generator.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)), label=i % classes,
+                   landmarks=NO_LANDMARKS.copy(), source=f"img{i}.png")
+        for i in range(n)
+    ], shard_size=16)
+    return FaceDataset(path)
+
+
+def test_batches_from_memory_train_what_loader_workers_train(tmp_path):
+    """num_workers 0 cuts batches from the decoded set (engine.Preloaded), num_workers 1 decodes in a worker: the same
+    weights, and a killed in-memory run resumes to them."""
+    dataset = face_records(tmp_path / "records")
+    assert isinstance(engine._batches(dataset, [[0, 1]], 0, torch.device("cpu")), Preloaded)
+    train(make_job(num_workers=1), dataset, tmp_path / "workers")
+    train(make_job(num_workers=0), dataset, tmp_path / "memory", stop_after=3)
+    train(make_job(num_workers=0), dataset, tmp_path / "memory")
+    a, b = weights(tmp_path / "workers" / "model.pt"), weights(tmp_path / "memory" / "model.pt")
+    for part in ("backbone", "head"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), key
 
 
 def test_checkpoint_of_another_job_is_not_resumed(tmp_path):

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from pipeline.data.images import CorruptImageError
 from pipeline.data.loader import (
     FaceDataset,
+    Preloaded,
     eval_transform,
     load_benchmark_arrays,
     make_loader,
@@ -231,3 +232,25 @@ def test_load_benchmark_arrays_names_the_odd_image(tmp_path):
     write_benchmark(tmp_path / "bench", records, pd.DataFrame({"a": [0], "b": [1], "same": [True], "fold": [0]}))
     with pytest.raises(ValueError, match=r"images\.parquet row 2 \(source b2\): size \(7, 10\)"):
         load_benchmark_arrays(tmp_path / "bench")
+
+
+def test_preloaded_batches_are_the_data_loaders_bit_for_bit(tmp_path):
+    write_set(tmp_path / "set", count=10)
+    dataset = FaceDataset(tmp_path / "set", indices=[9, 2, 5, 2, 7, 0, 1])
+    order = [[3, 0, 6], [5, 5, 1], [2, 4, 3]]  # any batch sampler: repeats and reorderings included
+    loaded = batches(torch.utils.data.DataLoader(dataset, batch_sampler=order))
+    preloaded = batches(Preloaded(dataset, order))
+    assert len(preloaded) == 3
+    for (a, la), (b, lb) in zip(loaded, preloaded):
+        assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b)
+        assert la == lb
+    assert dataset.decoded_bytes() == 7 * H * W * 3
+    assert Preloaded(dataset, order).images.dtype == torch.uint8
+
+
+def test_preloading_refuses_a_random_transform_and_names_a_corrupt_record(tmp_path):
+    write_set(tmp_path / "set", corrupt=(6,))
+    with pytest.raises(ValueError, match="default transform"):
+        Preloaded(FaceDataset(tmp_path / "set", transform=train_transform()), [[0]])
+    with pytest.raises(CorruptImageError, match=r"part-00001\.parquet row 2 \(source img6\.png\)"):
+        Preloaded(FaceDataset(tmp_path / "set"), [[0]])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +114,7 @@ class FaceDataset(Dataset):
     ) -> None:
         self.records_dir = Path(records_dir)
         self.transform = transform if transform is not None else eval_transform()
+        self._default_transform = transform is None
         self.shards = shard_paths(self.records_dir)
         tables = [pq.read_table(path, columns=["image", "label", "source"]) for path in self.shards]
         self._shard_starts = np.cumsum([0] + [table.num_rows for table in tables])
@@ -168,6 +169,40 @@ class FaceDataset(Dataset):
         array = decode_image(self._images[i], self.describe(i))
         image = self.transform(torch.from_numpy(array).permute(2, 0, 1))
         return image.contiguous(), int(self._labels[i])
+
+    @property
+    def normalises_only(self) -> bool:
+        """Whether items are `eval_transform` of the decoded image (no random transform): what `Preloaded` needs."""
+        return self._default_transform
+
+    def decoded_bytes(self) -> int:
+        """Bytes of every item decoded into one uint8 tensor (from the first item's size; aligned crops share it)."""
+        if not len(self):
+            return 0
+        return len(self) * decode_image(self._images[0], self.describe(0)).nbytes
+
+    def decode_all(self) -> torch.Tensor:
+        """Every item decoded once: uint8 N x 3 x H x W (a corrupt or odd-sized image raises, naming its record)."""
+        return torch.from_numpy(decode_stack([self._images[i] for i in range(len(self))], self.describe)).permute(0, 3, 1, 2)
+
+
+class Preloaded:
+    """Training batches cut from one decoded uint8 tensor: each image is decoded once per run instead of once per
+    step, and a batch is normalised in one operation. Yields what a DataLoader over the same `FaceDataset` and
+    `batch_sampler` yields, bit for bit (`eval_transform` is elementwise)."""
+
+    def __init__(self, dataset: FaceDataset, batch_sampler: Iterable[list[int]]) -> None:
+        if not dataset.normalises_only:
+            raise ValueError("Preloaded needs a FaceDataset with the default transform (a random one is per image)")
+        self.images = dataset.decode_all().contiguous()
+        self.labels = torch.from_numpy(dataset.labels.copy())
+        self.batch_sampler = batch_sampler
+        self.normalise = eval_transform()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for indices in self.batch_sampler:
+            rows = torch.as_tensor(indices, dtype=torch.int64)
+            yield self.normalise(self.images[rows]), self.labels[rows]
 
 
 def make_loader(
