@@ -1,17 +1,19 @@
-"""Where a profile's `dvc repro` spends its wall time: per stage, and within the training stages the training loops
-against everything around them, beside the machine's measured matmul peak.
+"""Where a profile's `dvc repro` spends its wall time: per stage, split into start-up, data, training steps, curve
+points, checkpoints, tracking, evaluation and report, beside the machine's measured matmul peak.
 
     nice -n 0 python benchmarks/pipeline_time.py [--profile cpu] [--targets train@cosface evaluate@cosface]
 
 Copies the project (tracked and untracked-not-ignored files, no data) to a temporary folder, sets `profile:`,
 runs `dvc repro [targets]` (the targets and everything upstream) and timestamps DVC's `Running stage` lines: a
-stage runs from its line to the next one (or the end). For a training stage (pretrain, train@, distill, and the
-cleaning bootstrap inside clean) the training loops' own time is the sum of `seconds` in the seeds' train.json
-(steps with their curve points and checkpoints, as the engine times them); the rest of the stage is start-up,
-imports, data loading, saving and tracking. The cost of starting a stage alone is measured apart: a fresh
-`python -c "import stages.<stage>"`, best of 3. The achieved training FLOP/s count 3 x 2 x the backbone's forward
-MACs per image (forward, and a backward about twice the forward) at the images/s the engine reports, against
-2048 x 2048 `torch.matmul` in fp32 and bf16 on the same threads (best of 3).
+stage runs from its line to the next one (or the end). A training stage's (pretrain, train@, distill, and the
+cleaning bootstrap inside clean) loop parts are the `timing` the engine records in each seed's train.json (data,
+steps, curve, checkpoints, tracking); an evaluation stage's is the `timing` of each seed in its metrics file (every
+protocol's images embedded and scored); the rest of a stage ("start-up and around") is the interpreter, imports,
+loading, saving and writing. The cost of starting a stage alone is measured apart: a fresh
+`python -c "import stages.<stage>"`, best of 3; and a no-op `dvc repro` of the same targets after the run. The
+achieved FLOP/s count 3 x 2 x the backbone's forward MACs per trained image (forward, and a backward about twice the
+forward) over the steps' time, and 2 x MACs per evaluation forward pass over the evaluation time, against 2048 x 2048
+`torch.matmul` in fp32 and bf16 on the same threads (best of 3).
 Writes reports/bench/pipeline_time.json and .md; hold the heavy-job lock while it runs, nothing else heavy beside.
 """
 from __future__ import annotations
@@ -58,19 +60,38 @@ def stage_kind(stage: str) -> str:
             "evaluate": "evaluation", "evaluate_models": "evaluation", "table": "report", "report": "report"}.get(name, name)
 
 
-def loop_seconds(models: Path, stage: str) -> float | None:
-    """The training loops' own time in a training stage: the train.json `seconds` of the models it trained."""
+LOOP_PARTS = ("data", "steps", "curve", "checkpoints", "tracking")  # pipeline.train.engine.LoopClock's
+
+
+def _training_records(models: Path, stage: str) -> list[dict]:
     folders = {"pretrain": ["pretrain"], "distill": ["teacher", "student"], "clean": ["bootstrap"]}.get(
         stage, [stage.removeprefix("train@")] if stage.startswith("train@") else [])
-    records = [json.loads(p.read_text()) for f in folders for p in sorted((models / f).rglob("train.json"))]
-    return sum(r["seconds"] for r in records) if records else None
+    return [json.loads(p.read_text()) for f in folders for p in sorted((models / f).rglob("train.json"))]
 
 
-def images_per_second(models: Path, stage: str) -> float | None:
-    """The engine's images/s over the seeds of a training stage's model (pretrain or a row)."""
-    folder = stage.removeprefix("train@")
-    rates = [json.loads(p.read_text())["images_per_second"] for p in sorted((models / folder).glob("seed*/train.json"))]
-    return sum(rates) / len(rates) if rates else None
+def loop_parts(models: Path, stage: str) -> dict[str, float] | None:
+    """A training stage's loop time by part, summed over the models and seeds it trained (None: it trained none)."""
+    records = _training_records(models, stage)
+    if not records:
+        return None
+    return {part: sum(r.get("timing", {}).get(part, 0.0) for r in records) for part in LOOP_PARTS}
+
+
+def trained_images(models: Path, stage: str) -> int:
+    """Images the stage's steps trained on: the iterations times the batch, over its models' seeds."""
+    return sum(r["images"] for r in _training_records(models, stage))
+
+
+def evaluation_timing(metrics: Path, stage: str) -> dict[str, float] | None:
+    """An evaluation stage's embedding-and-scoring seconds and forward passes, over its model's seeds."""
+    model = stage.split("@", 1)[1]
+    path = metrics / f"{model}.json"
+    if not path.is_file():
+        return None
+    timings = [seed["timing"] for seed in json.loads(path.read_text())["seeds"].values() if "timing" in seed]
+    if not timings:
+        return None
+    return {"seconds": sum(t["seconds"] for t in timings), "forward_passes": sum(t["forward_passes"] for t in timings)}
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 3) -> float:
@@ -99,7 +120,8 @@ def machine() -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
-def run_profile(root: Path, profile: str, targets: list[str]) -> tuple[list[dict], float]:
+def run_profile(root: Path, profile: str, targets: list[str]) -> tuple[list[dict], float, float]:
+    """`dvc repro` of the copy: its stages' times, the total, and a second, no-op `dvc repro`'s seconds."""
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["profile"] = profile
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -116,7 +138,26 @@ def run_profile(root: Path, profile: str, targets: list[str]) -> tuple[list[dict
             print(line, end="", flush=True)
     if process.returncode != 0:
         raise RuntimeError(f"dvc repro failed ({process.returncode}):\n" + "\n".join(l for _, l in lines[-30:]))
-    return stage_times(lines, time.monotonic() - start), time.monotonic() - start
+    total = time.monotonic() - start
+    no_op = _timed(lambda: subprocess.run([sys.executable, "-m", "dvc", "repro", *targets], cwd=root, env=env,
+                                          check=True, capture_output=True))
+    return stage_times(lines, total), total, no_op
+
+
+def split_stage(entry: dict, root: Path) -> dict[str, float]:
+    """A stage's wall time by part: the loop's parts of a training stage, embedding and scoring of an evaluation
+    stage, the rest "start-up and around"; a stage of another kind is its kind."""
+    stage, seconds = entry["stage"], entry["seconds"]
+    parts: dict[str, float] = {}
+    if TRAINING.match(stage):
+        parts = {f"training {part}" if part == "steps" else part: value
+                 for part, value in (loop_parts(root / "data" / "models", stage) or {}).items()}
+    elif entry["kind"] == "evaluation":
+        timing = evaluation_timing(root / "reports" / "metrics" / "eval", stage)
+        parts = {"evaluation": timing["seconds"]} if timing else {}
+    else:
+        return {entry["kind"]: seconds}
+    return {**parts, "start-up and around": seconds - sum(parts.values())}
 
 
 def measure(profile: str, targets: list[str]) -> dict:
@@ -124,65 +165,80 @@ def measure(profile: str, targets: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="facerepro-pipeline-time-") as folder:
         root = Path(folder)
         copy_project(root)
-        stages, total = run_profile(root, profile, targets)
+        stages, total, no_op = run_profile(root, profile, targets)
         models = root / "data" / "models"
+        steps_seconds, images, eval_seconds, forward_passes = 0.0, 0, 0.0, 0
         for entry in stages:
             entry["kind"] = stage_kind(entry["stage"])
-            loops = loop_seconds(models, entry["stage"]) if TRAINING.match(entry["stage"]) else None
-            entry["training_loops"] = loops
-            entry["around_the_loops"] = None if loops is None else entry["seconds"] - loops
+            entry["parts"] = split_stage(entry, root)
+            if entry["stage"] == "pretrain" or entry["stage"].startswith("train@"):  # MobileFaceNet rows
+                steps_seconds += entry["parts"].get("training steps", 0.0)
+                images += trained_images(models, entry["stage"])
+            if entry["kind"] == "evaluation" and (timing := evaluation_timing(root / "reports" / "metrics" / "eval", entry["stage"])):
+                eval_seconds += timing["seconds"]
+                forward_passes += timing["forward_passes"]
         cfg = config.load(root / "params.yaml")  # the copy's: the profile's sizes
         startup = {m: startup_seconds(root, m) for m in ("stages.train", "stages.evaluate", "stages.table")}
-        row = next((s["stage"] for s in stages if s["stage"].startswith("train@")), "pretrain")
-        rate = images_per_second(models, row)
     macs = count_macs(build(cfg.backbone.name, cfg.backbone.embedding_size, cfg.align.crop_size, seed=0),
                       cfg.align.crop_size)
     return {
-        "profile": profile, "targets": targets, "seconds": total, "stages": stages, "startup_seconds": startup,
-        "machine": machine(), "load_before": load_before, "load_after": os.getloadavg(),
+        "profile": profile, "targets": targets, "seconds": total, "no_op_repro_seconds": no_op, "stages": stages,
+        "startup_seconds": startup, "machine": machine(), "load_before": load_before, "load_after": os.getloadavg(),
         "matmul_gflops": {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)},
-        "training": {"row": row, "images_per_second": rate, "forward_macs_per_image": macs,
-                     "gflops": None if rate is None else 3 * 2 * macs * rate / 1e9},
+        "forward_macs_per_image": macs,
+        "training": {"images": images, "steps_seconds": steps_seconds,
+                     "images_per_second": images / steps_seconds if steps_seconds else None,
+                     "gflops": 3 * 2 * macs * images / steps_seconds / 1e9 if steps_seconds else None},
+        "evaluation": {"forward_passes": forward_passes, "seconds": eval_seconds,
+                       "forward_passes_per_second": forward_passes / eval_seconds if eval_seconds else None,
+                       "gflops": 2 * macs * forward_passes / eval_seconds / 1e9 if eval_seconds else None},
         "sizes": {"crop": cfg.align.crop_size, "iterations": cfg.train.iterations, "batch": cfg.train.batch_size,
-                  "seeds": list(cfg.seeds)},
+                  "seeds": list(cfg.seeds), "evaluate_batch": cfg.evaluate.batch_size},
     }
 
 
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
 def markdown(result: dict) -> str:
-    by_kind: dict[str, float] = {}
-    for s in result["stages"]:
-        by_kind[s["kind"]] = by_kind.get(s["kind"], 0.0) + s["seconds"]
-    m, t, size = result["machine"], result["training"], result["sizes"]
+    parts = list(dict.fromkeys(part for s in result["stages"] for part in s["parts"]))
+    totals = {part: sum(s["parts"].get(part, 0.0) for s in result["stages"]) for part in parts}
+    m, size, peak = result["machine"], result["sizes"], result["matmul_gflops"]
     lines = [
         "# Pipeline time", "",
         f"`python benchmarks/pipeline_time.py --profile {result['profile']}"
         + (f" --targets {' '.join(result['targets'])}`" if result["targets"] else "`")
-        + f": `dvc repro` of a fresh copy, {result['seconds']:.0f} s in all. Profile `{result['profile']}`: crop "
-        f"{size['crop']}, {size['iterations']} iterations of batch {size['batch']}, seeds {size['seeds']}. Machine: "
-        f"{m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']} on {m['torch_threads']} threads; load average "
-        f"{' / '.join(f'{v:.2f}' for v in result['load_before'])} before, "
+        + f": `dvc repro` of a fresh copy, {result['seconds']:.0f} s in all; a no-op `dvc repro` after it "
+        f"{result['no_op_repro_seconds']:.1f} s. Profile `{result['profile']}`: crop {size['crop']}, "
+        f"{size['iterations']} iterations of batch {size['batch']}, seeds {size['seeds']}, evaluation passes of "
+        f"{size['evaluate_batch']} images. Machine: {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']} on "
+        f"{m['torch_threads']} threads; load average {' / '.join(f'{v:.2f}' for v in result['load_before'])} before, "
         f"{' / '.join(f'{v:.2f}' for v in result['load_after'])} after.", "",
-        "| stage | part | wall (s) | training loops (s) | around them (s) |", "|---|---|---:|---:|---:|",
+        "| stage | wall (s) | " + " | ".join(parts) + " |", "|---|---:|" + "---:|" * len(parts),
     ]
     for s in result["stages"]:
-        loops = "" if s["training_loops"] is None else f"{s['training_loops']:.1f}"
-        around = "" if s["around_the_loops"] is None else f"{s['around_the_loops']:.1f}"
-        lines.append(f"| {s['stage']} | {s['kind']} | {s['seconds']:.1f} | {loops} | {around} |")
+        lines.append(f"| {s['stage']} | {s['seconds']:.1f} | " + " | ".join(_seconds(s["parts"].get(p)) for p in parts) + " |")
     lines += ["", "| part | wall (s) | share |", "|---|---:|---:|"]
-    lines += [f"| {kind} | {sec:.0f} | {100 * sec / result['seconds']:.0f}% |" for kind, sec in by_kind.items()]
-    peak = result["matmul_gflops"]
+    lines += [f"| {part} | {sec:.0f} | {100 * sec / result['seconds']:.0f}% |" for part, sec in totals.items()]
     lines += [
         "",
         "Starting a stage (a fresh interpreter importing its module, best of 3): "
         + ", ".join(f"`{k}` {v:.2f} s" for k, v in result["startup_seconds"].items()) + ".",
         "",
-        f"Training ({t['row']}): {t['images_per_second']:.0f} images/s; {t['forward_macs_per_image'] / 1e6:.1f} M "
-        f"forward multiply-adds per image, so about {t['gflops']:.0f} GFLOP/s (3 x 2 x MACs per image) against a "
-        f"2048^2 matmul's {peak['fp32']:.0f} GFLOP/s in fp32 and {peak['bf16']:.0f} in bf16 on the same threads "
-        f"({100 * t['gflops'] / peak['fp32']:.0f}% of the fp32 peak)." if t["gflops"] else "No training stage ran.",
-        "",
+        f"Peak on the same threads: a 2048^2 matmul at {peak['fp32']:.0f} GFLOP/s in fp32 and {peak['bf16']:.0f} in "
+        f"bf16; the backbone: {result['forward_macs_per_image'] / 1e6:.1f} M forward multiply-adds per image.",
     ]
-    return "\n".join(lines)
+    t, e = result["training"], result["evaluation"]
+    if t["gflops"]:
+        lines.append(
+            f"Training steps (MobileFaceNet rows): {t['images_per_second']:.0f} images/s, about {t['gflops']:.0f} "
+            f"GFLOP/s (3 x 2 x MACs per image), {100 * t['gflops'] / peak['fp32']:.0f}% of the fp32 peak.")
+    if e["gflops"]:
+        lines.append(
+            f"Evaluation: {e['forward_passes_per_second']:.0f} forward passes/s with the scoring, about "
+            f"{e['gflops']:.0f} GFLOP/s (2 x MACs per pass), {100 * e['gflops'] / peak['fp32']:.0f}% of the fp32 peak.")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -44,12 +45,17 @@ def run(cfg: Config, paths: Paths, model: str) -> dict:
         train_info = json.loads((seed_dir(paths, model, seed) / "train.json").read_text())
         entry: dict = {"diverged_at_step": meta.get("diverged_at_step"), "train": train_info, "benchmarks": {}}
         if meta.get("diverged_at_step") is None:
+            started = time.perf_counter()
             for name, data in protocols.items():
                 progress.update()
                 metrics, correct = _score(cfg, backbone, device, data)
                 entry["benchmarks"][name] = metrics
                 per_pair.append(pd.DataFrame({"seed": seed, "benchmark": name, "pair": range(len(correct)),
                                               "correct": correct}))
+            images = sum(len(data.images if isinstance(data, IdentificationSet) else data[0]) for data in protocols.values())
+            # for benchmarks/pipeline_time.py: every protocol's images embedded (twice with the flip test) and scored
+            entry["timing"] = {"seconds": time.perf_counter() - started, "images": images,
+                               "forward_passes": images * (2 if cfg.evaluate.flip else 1)}
         per_seed[str(seed)] = entry
         _track(cfg, paths, recipe, seed, meta, entry)
     progress.close()

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ class TrainResult:
     images_per_second: float
     seconds: float
     last_finite: dict[str, float]
+    images: int = 0  # trained on, over every rank
+    timing: dict[str, float] = field(default_factory=dict)  # LoopClock's parts
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -237,9 +240,15 @@ def train(
     head.train()
     # rate and time left for a person at a terminal; silent in logs and under DVC's captured output
     progress = tqdm(total=cfg.iterations, initial=start_step, desc=job.name, unit="step", disable=None if writer else True)
-    for images, labels in loader:
-        if diverged_at is not None:
+    clock = LoopClock(history.setdefault("timing", {}))
+    batches = iter(loader)
+    while diverged_at is None:
+        with clock.part("data"):
+            batch = next(batches, None)
+        if batch is None:
             break
+        images, labels = batch
+        step_started = time.perf_counter()
         factor = step_lr_factor(step, cfg.iterations, cfg.lr_milestones, cfg.lr_gamma, cfg.warmup_iterations)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * factor
@@ -293,14 +302,17 @@ def train(
         accuracy = float(correct) if sharded else distributed.mean_over_ranks(float(correct), ctx, device)
         history["last_finite"] = {"loss": loss_value, "train_accuracy": accuracy, "step": step}
         history["images"] += images.shape[0] * (ctx.world_size if ctx else 1)
+        clock.add("steps", time.perf_counter() - step_started)  # to the first host read of the loss: a CUDA sync
         if step % cfg.log_every == 0 or step == cfg.iterations:
-            tracker.log_metrics({"loss": loss_value, "train_accuracy": accuracy, "lr": cfg.lr * factor}, step=step)
+            with clock.part("tracking"):
+                tracker.log_metrics({"loss": loss_value, "train_accuracy": accuracy, "lr": cfg.lr * factor}, step=step)
         curve, blew_up = None, False
         if writer and curve_fn is not None and curve_due:
-            try:
-                curve = curve_fn(backbone)
-            except ModelBlewUp:
-                blew_up = True
+            with clock.part("curve"):
+                try:
+                    curve = curve_fn(backbone)
+                except ModelBlewUp:
+                    blew_up = True
             backbone.train()
         if curve_due and not distributed.all_ranks(not blew_up, ctx, device):  # every rank stops together
             diverged_at = step - 1  # finite weights, but embeddings past float32 in eval mode (running statistics)
@@ -309,11 +321,13 @@ def train(
             break
         if curve is not None:
             history.setdefault("curve", []).append({"step": step, **curve})
-            tracker.log_metrics(curve, step=step)
+            with clock.part("tracking"):
+                tracker.log_metrics(curve, step=step)
         if saving:
             history["seconds"] += time.perf_counter() - started
             started = time.perf_counter()
-            save_checkpoint(step)
+            with clock.part("checkpoints"):
+                save_checkpoint(step)
         if stop_after is not None and step >= stop_after:
             progress.close()
             distributed.barrier(ctx)
@@ -339,6 +353,25 @@ def train(
     return result
 
 
+class LoopClock:
+    """Where a training loop's wall time goes, by part (data, steps, curve, checkpoints, tracking), kept in the run's
+    history so that a resumed run adds to it: what benchmarks/pipeline_time.py splits a training stage into."""
+
+    def __init__(self, parts: dict[str, float]) -> None:
+        self.parts = parts
+
+    def add(self, part: str, seconds: float) -> None:
+        self.parts[part] = self.parts.get(part, 0.0) + seconds
+
+    @contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - start)
+
+
 def _result(step: int, history: dict[str, Any], diverged_at: int | None) -> TrainResult:
     last = history.get("last_finite", {})
     seconds = history.get("seconds", 0.0)
@@ -350,5 +383,7 @@ def _result(step: int, history: dict[str, Any], diverged_at: int | None) -> Trai
         images_per_second=history.get("images", 0) / seconds if seconds else math.nan,
         seconds=seconds,
         last_finite=last,
+        images=history.get("images", 0),
+        timing=dict(history.get("timing", {})),
     )
 
