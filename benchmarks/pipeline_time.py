@@ -36,6 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.peak import peaks  # noqa: E402
 from pipeline import config  # noqa: E402
 from pipeline.atomic_io import write_json_atomic, write_text_atomic  # noqa: E402
 from pipeline.models.complexity import count_macs  # noqa: E402
@@ -92,13 +93,6 @@ def evaluation_timing(metrics: Path, stage: str) -> dict[str, float] | None:
     if not timings:
         return None
     return {"seconds": sum(t["seconds"] for t in timings), "forward_passes": sum(t["forward_passes"] for t in timings)}
-
-
-def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 3) -> float:
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    torch.matmul(a, b)  # warm-up
-    best = min(_timed(lambda: torch.matmul(a, b)) for _ in range(repeats))
-    return 2 * size**3 / best / 1e9
 
 
 def _timed(call) -> float:
@@ -184,7 +178,7 @@ def measure(profile: str, targets: list[str]) -> dict:
     return {
         "profile": profile, "targets": targets, "seconds": total, "no_op_repro_seconds": no_op, "stages": stages,
         "startup_seconds": startup, "machine": machine(), "load_before": load_before, "load_after": os.getloadavg(),
-        "matmul_gflops": {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)},
+        "matmul_gflops": peaks(),
         "forward_macs_per_image": macs,
         "training": {"images": images, "steps_seconds": steps_seconds,
                      "images_per_second": images / steps_seconds if steps_seconds else None,

@@ -41,7 +41,9 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.peak import peaks  # noqa: E402
 from pipeline import heads, models  # noqa: E402
+from pipeline.models.complexity import count_macs  # noqa: E402
 from pipeline.heads.sharded import ShardedMarginHead  # noqa: E402
 from pipeline.atomic_io import write_json_atomic, write_text_atomic  # noqa: E402
 from pipeline.train import distributed  # noqa: E402
@@ -188,6 +190,64 @@ def profile_table(model: str, size: int, variant: str, device: torch.device, ste
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=44)
 
 
+# --- a row's seeds together ------------------------------------------------------------------------------------------
+
+
+def _ensemble_step(backbone: nn.Module, params: dict, buffers: dict, heads_: list[nn.Module], optimizer, images, labels):
+    """One step of the stacked seeds: the backbones as one vmapped call over their stacked weights, each seed's head
+    on its own embeddings, the summed loss's backward and one SGD step over the stacked tensors."""
+    from torch.func import functional_call, vmap
+
+    embeddings = vmap(lambda p, b, x: functional_call(backbone, (p, b), (x,)))(params, buffers, images)
+    loss = sum(head(e, y) for head, e, y in zip(heads_, embeddings, labels))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def seeds_together(size: int, seeds: int, warmup: int, steps: int, device: torch.device) -> dict:
+    """A row's seeds one after another (the engine setting, eager) against the same seeds as one batched ensemble
+    (`torch.func.stack_module_state` + `vmap`), and one model at `seeds` times the batch: the most an ensemble's
+    larger operations could buy. Images/s over all seeds."""
+    from torch.func import stack_module_state
+
+    model = "mobilefacenet"
+    singles = [build(model, size, "engine", device) for _ in range(seeds)]
+    images, labels = batch(size, device)
+    images = images.contiguous(memory_format=torch.channels_last)
+
+    def one_after_another() -> None:
+        for setting in singles:
+            step(setting, images, labels)
+
+    backbones = [models.build(model, EMBEDDING[model], size, seed=s, device=device) for s in range(seeds)]
+    params, buffers = stack_module_state(backbones)
+    template = models.build(model, EMBEDDING[model], size, seed=0, device="meta")
+    heads_ = [heads.build("li_arcface", EMBEDDING[model], CLASSES, device=device) for _ in range(seeds)]
+    optimizer = torch.optim.SGD([*params.values(), *(p for h in heads_ for p in h.parameters())], lr=LR,
+                                momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    stacked_images = images.expand(seeds, *images.shape)
+    stacked_labels = [labels] * seeds
+
+    def ensemble() -> None:
+        _ensemble_step(template, params, buffers, heads_, optimizer, stacked_images, stacked_labels)
+
+    wide = build(model, size, "engine", device)
+    wide_images, wide_labels = images.repeat(seeds, 1, 1, 1), labels.repeat(seeds)
+    calls = {"one_after_another": one_after_another, "vmapped_ensemble": ensemble,
+             f"one_model_batch_{seeds * BATCH}": lambda: step(wide, wide_images, wide_labels)}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for index in range(warmup + steps):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            if index >= warmup:
+                times[name].append(time.perf_counter() - started)
+    result = {name: seeds * BATCH / statistics.median(t) for name, t in times.items()}
+    print(f"{model}@{size} {seeds} seeds together:", {k: round(v, 1) for k, v in result.items()}, flush=True)
+    return {"model": model, "size": size, "seeds": seeds, "images_per_s": result}
+
+
 # --- 2 processes on gloo ------------------------------------------------------------------------------------------
 
 
@@ -298,6 +358,24 @@ def markdown(result: dict) -> str:
         f"Met: **{'yes' if target['met'] else 'no'}** (best / plain from {target['worst']:.2f}x to "
         f"{target['best']:.2f}x).",
     ]
+    peak, default = result["matmul_gflops"], "engine_act"  # train.compile auto: activations where a compiler works
+    lines += [
+        "",
+        f"## Achieved FLOP/s of the default setting (`{default}`: train.compile auto, fp32)",
+        "",
+        f"3 x 2 x forward multiply-adds per image (forward, and a backward about twice it) at the measured images/s, "
+        f"against a 2048^2 `torch.matmul` on the same {result['threads']} threads: {peak['fp32']:.0f} GFLOP/s in fp32, "
+        f"{peak['bf16']:.0f} in bf16.",
+        "",
+        "| model | input | forward MMAC/image | images/s | GFLOP/s | share of the fp32 peak |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for key, entry in result["speedups"].items():
+        model, size = key.split("@")
+        macs, ips = result["forward_macs_per_image"][key], entry["images_per_s"][default]
+        gflops = 6 * macs * ips / 1e9
+        lines.append(f"| {model} | {size}x{size} | {macs / 1e6:.1f} | {ips:.1f} | {gflops:.0f} | "
+                     f"{100 * gflops / peak['fp32']:.0f}% |")
     compiled = {k: v for k, v in result["warmup_step_s"].items() if k.endswith((COMPILED, "_act"))}
     if compiled:
         lines += ["", "First (compiling) step of the compiled settings (the compiled PReLU is one function, shared "
@@ -315,6 +393,22 @@ def markdown(result: dict) -> str:
             f"| {entry['model']} | {entry['size']}x{entry['size']} | {entry['one']:.1f} | {entry['two']:.1f} | "
             f"{entry['two'] / entry['one']:.2f}x |"
         )
+    together = result["seeds_together"]
+    ips = together["images_per_s"]
+    wide = next(k for k in ips if k.startswith("one_model"))
+    lines += [
+        "",
+        f"## A row's {together['seeds']} seeds together: {together['model']} {together['size']}x{together['size']}, "
+        "eager fp32, images/s over all seeds",
+        "",
+        "| one after another (the engine) | one vmapped ensemble | one model, the seeds' batches as one |",
+        "| ---: | ---: | ---: |",
+        f"| {ips['one_after_another']:.1f} | {ips['vmapped_ensemble']:.1f} | {ips[wide]:.1f} |",
+        "",
+        "The ensemble stacks the seeds' backbones (`torch.func.stack_module_state`) and runs them as one `vmap` call, "
+        "each seed's head on its own embeddings; the last column is what one model gets from a batch that large, an "
+        "upper bound on what larger operations could buy an ensemble on these cores.",
+    ]
     if result.get("ddp"):
         d = result["ddp"]
         lines += [
@@ -420,6 +514,11 @@ def main() -> None:
             "works and what it costs here, not a GPU scaling figure.",
         }
         print("2 processes, gloo:", median, flush=True)
+    together = seeds_together(small, 3, args.warmup, args.steps, device)
+    torch.set_num_threads(args.threads)
+    peak = peaks()
+    macs = {f"{m}@{size}": count_macs(models.build(m, EMBEDDING[m], size, seed=0), size)
+            for m in args.models for size in args.sizes}
 
     speedups = {}
     for model in args.models:
@@ -464,6 +563,9 @@ def main() -> None:
         "speedups": speedups,
         "target": {"factor": 1.5, "met": min(ratios) >= 1.5, "best": max(ratios), "worst": min(ratios)},
         "threads_effect": threads_effect,
+        "seeds_together": together,
+        "matmul_gflops": peak,
+        "forward_macs_per_image": macs,
         "ddp": ddp,
         "profile": {"model": args.models[0], "size": small, "steps": 3, "tables": tables},
         "conditions": conditions,
