@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pipeline.models import BACKBONES, build
-from pipeline.models.blocks import CBAM, CBAMSpec, InvertedResidual, OnePlusTanh, conv_output_size
+from pipeline.models.blocks import CBAM, CBAMSpec, ConvBN, InvertedResidual, OnePlusTanh, conv_output_size, fold_batchnorm
 from pipeline.models.complexity import PAPER, count_macs, count_parameters, render
 
 torch.set_num_threads(1)
@@ -448,3 +448,49 @@ def test_eval_deterministic_and_channels_last_agrees(name: str, size: int) -> No
     scale = first.abs().max().item()
     assert scale > 0
     torch.testing.assert_close(last, first, rtol=1e-4, atol=1e-4 * scale)
+
+
+def _with_trained_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
+    """BatchNorms as training leaves them: running statistics and affine parameters away from their defaults."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.3)
+                module.running_var.copy_(torch.rand(n, generator=generator) * 2 + 0.05)
+                module.weight.copy_(torch.randn(n, generator=generator) * 0.5 + 1)
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.2)
+    return model
+
+
+@pytest.mark.parametrize("name", ["mobilefacenet", "airface"])
+def test_folded_batchnorm_computes_the_same_embeddings(name: str) -> None:
+    model = _with_trained_statistics(build(name, 64, 32, seed=0)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batchnorm(model)
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model.eval()(x)
+        got = folded(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got_bf16 = folded(x).float()
+    torch.testing.assert_close(got, reference, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got_bf16, reference, rtol=0.1, atol=0.1)  # bf16's 8-bit mantissa through the net
+    remaining = [m for m in folded.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(remaining) < sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model itself is untouched
+
+
+def test_a_folded_conv_bn_is_the_inference_affine_map_and_survives_a_zero_variance() -> None:
+    block = _with_trained_statistics(ConvBN(3, 4, 3, linear=True), seed=2).eval()
+    block.bn.running_var[0] = 0.0  # a channel that never varied: the scale is gamma / sqrt(eps), finite
+    folded = fold_batchnorm(block)
+    x = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(3))
+    bn = block.bn
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # Ioffe & Szegedy 2015, Algorithm 2, written out here
+    expected = nn.functional.conv2d(x, block.conv.weight, padding=1) * scale[:, None, None] + (
+        bn.bias - bn.running_mean * scale)[:, None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), expected, rtol=1e-5, atol=1e-5)
+    assert isinstance(folded.bn, nn.Identity) and torch.isfinite(folded.conv.weight).all()

@@ -1,12 +1,14 @@
 """Building blocks shared by the backbones: conv-BN(-PReLU), the inverted-residual bottleneck, CBAM, the GDC embedding."""
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 Gate = Literal["one_plus_tanh", "sigmoid"]
 
@@ -166,3 +168,18 @@ class GDCEmbedding(nn.Module):
 
     def layers(self) -> list[nn.Module]:
         return [self.gdc, self.gdc_bn, self.linear, self.bn]
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An inference copy of `model` (eval mode; `model` itself untouched) with every BatchNorm that directly follows a
+    convolution in a ConvBN block or the GDC embedding folded into it: W' = W g/sqrt(v + eps), b' = beta - m g/sqrt(v +
+    eps) (Ioffe & Szegedy 2015, Algorithm 2: inference BN is a per-channel affine map). The same function up to float
+    rounding, without a pass over every feature map per BatchNorm; other layers are copied as they are."""
+    folded = copy.deepcopy(model).eval()
+    for module in folded.modules():
+        if isinstance(module, ConvBN):
+            module.conv, module.bn = fuse_conv_bn_eval(module.conv, module.bn), nn.Identity()
+        elif isinstance(module, GDCEmbedding):
+            module.gdc, module.gdc_bn = fuse_conv_bn_eval(module.gdc, module.gdc_bn), nn.Identity()
+            module.linear, module.bn = fuse_conv_bn_eval(module.linear, module.bn), nn.Identity()
+    return folded
