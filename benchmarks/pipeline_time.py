@@ -138,20 +138,16 @@ def run_profile(root: Path, profile: str, targets: list[str]) -> tuple[list[dict
     return stage_times(lines, total), total, no_op
 
 
-def split_stage(entry: dict, root: Path) -> dict[str, float]:
-    """A stage's wall time by part: the loop's parts of a training stage, embedding and scoring of an evaluation
-    stage, the rest "start-up and around"; a stage of another kind is its kind."""
-    stage, seconds = entry["stage"], entry["seconds"]
-    parts: dict[str, float] = {}
-    if TRAINING.match(stage):
-        parts = {f"training {part}" if part == "steps" else part: value
-                 for part, value in (loop_parts(root / "data" / "models", stage) or {}).items()}
+def split_stage(entry: dict, loop: dict[str, float] | None, evaluation: dict[str, float] | None) -> dict[str, float]:
+    """A stage's wall time by part: a training stage's loop parts (`loop_parts`), an evaluation stage's embedding and
+    scoring (`evaluation_timing`), the rest "start-up and around"; a stage of another kind is its kind."""
+    if TRAINING.match(entry["stage"]):
+        parts = {f"training {part}" if part == "steps" else part: value for part, value in (loop or {}).items()}
     elif entry["kind"] == "evaluation":
-        timing = evaluation_timing(root / "reports" / "metrics" / "eval", stage)
-        parts = {"evaluation": timing["seconds"]} if timing else {}
+        parts = {"evaluation": evaluation["seconds"]} if evaluation else {}
     else:
-        return {entry["kind"]: seconds}
-    return {**parts, "start-up and around": seconds - sum(parts.values())}
+        return {entry["kind"]: entry["seconds"]}
+    return {**parts, "start-up and around": entry["seconds"] - sum(parts.values())}
 
 
 def measure(profile: str, targets: list[str]) -> dict:
@@ -160,17 +156,20 @@ def measure(profile: str, targets: list[str]) -> dict:
         root = Path(folder)
         copy_project(root)
         stages, total, no_op = run_profile(root, profile, targets)
-        models = root / "data" / "models"
+        models, metrics = root / "data" / "models", root / "reports" / "metrics" / "eval"
         steps_seconds, images, eval_seconds, forward_passes = 0.0, 0, 0.0, 0
         for entry in stages:
-            entry["kind"] = stage_kind(entry["stage"])
-            entry["parts"] = split_stage(entry, root)
-            if entry["stage"] == "pretrain" or entry["stage"].startswith("train@"):  # MobileFaceNet rows
-                steps_seconds += entry["parts"].get("training steps", 0.0)
-                images += trained_images(models, entry["stage"])
-            if entry["kind"] == "evaluation" and (timing := evaluation_timing(root / "reports" / "metrics" / "eval", entry["stage"])):
-                eval_seconds += timing["seconds"]
-                forward_passes += timing["forward_passes"]
+            stage = entry["stage"]
+            entry["kind"] = stage_kind(stage)
+            loop = loop_parts(models, stage) if TRAINING.match(stage) else None
+            evaluation = evaluation_timing(metrics, stage) if entry["kind"] == "evaluation" else None
+            entry["parts"] = split_stage(entry, loop, evaluation)
+            if loop and (stage == "pretrain" or stage.startswith("train@")):  # MobileFaceNet rows
+                steps_seconds += loop["steps"]
+                images += trained_images(models, stage)
+            if evaluation:
+                eval_seconds += evaluation["seconds"]
+                forward_passes += evaluation["forward_passes"]
         cfg = config.load(root / "params.yaml")  # the copy's: the profile's sizes
         startup = {m: startup_seconds(root, m) for m in ("stages.train", "stages.evaluate", "stages.table")}
     macs = count_macs(build(cfg.backbone.name, cfg.backbone.embedding_size, cfg.align.crop_size, seed=0),

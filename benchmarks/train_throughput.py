@@ -36,6 +36,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.func import functional_call, stack_module_state, vmap  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,8 +197,6 @@ def profile_table(model: str, size: int, variant: str, device: torch.device, ste
 def _ensemble_step(backbone: nn.Module, params: dict, buffers: dict, heads_: list[nn.Module], optimizer, images, labels):
     """One step of the stacked seeds: the backbones as one vmapped call over their stacked weights, each seed's head
     on its own embeddings, the summed loss's backward and one SGD step over the stacked tensors."""
-    from torch.func import functional_call, vmap
-
     embeddings = vmap(lambda p, b, x: functional_call(backbone, (p, b), (x,)))(params, buffers, images)
     loss = sum(head(e, y) for head, e, y in zip(heads_, embeddings, labels))
     optimizer.zero_grad(set_to_none=True)
@@ -209,8 +208,6 @@ def seeds_together(size: int, seeds: int, warmup: int, steps: int, device: torch
     """A row's seeds one after another (the engine setting, eager) against the same seeds as one batched ensemble
     (`torch.func.stack_module_state` + `vmap`), and one model at `seeds` times the batch: the most an ensemble's
     larger operations could buy. Images/s over all seeds."""
-    from torch.func import stack_module_state
-
     model = "mobilefacenet"
     singles = [build(model, size, "engine", device) for _ in range(seeds)]
     images, labels = batch(size, device)

@@ -35,9 +35,10 @@ def test_a_training_stage_splits_into_the_engines_parts_and_the_rest(tmp_path):
         {"data": 2.0, "steps": 122.0, "curve": 10.0, "checkpoints": 1.0, "tracking": 1.0})
     assert loop_parts(models, "clean")["steps"] == pytest.approx(10.0)  # the bootstrap has no seed folders
     assert loop_parts(models, "distill") is None  # nothing trained there
-    parts = split_stage({"stage": "train@cosface", "kind": "training", "seconds": 150.0}, tmp_path)
+    entry = {"stage": "train@cosface", "kind": "training", "seconds": 150.0}
+    parts = split_stage(entry, loop_parts(models, "train@cosface"), None)
     assert parts["training steps"] == pytest.approx(122.0) and parts["start-up and around"] == pytest.approx(14.0)
-    assert split_stage({"stage": "align", "kind": "align", "seconds": 9.0}, tmp_path) == {"align": 9.0}
+    assert split_stage({"stage": "align", "kind": "align", "seconds": 9.0}, None, None) == {"align": 9.0}
 
 
 def test_an_evaluation_stage_splits_into_its_seeds_embedding_and_scoring_and_the_rest(tmp_path):
@@ -48,7 +49,8 @@ def test_an_evaluation_stage_splits_into_its_seeds_embedding_and_scoring_and_the
     (metrics / "cosface.json").write_text(json.dumps({"seeds": seeds}))
     assert evaluation_timing(metrics, "evaluate@cosface") == {"seconds": 40.0, "forward_passes": 4000}
     assert evaluation_timing(metrics, "evaluate@other") is None
-    parts = split_stage({"stage": "evaluate@cosface", "kind": "evaluation", "seconds": 45.0}, tmp_path)
+    entry = {"stage": "evaluate@cosface", "kind": "evaluation", "seconds": 45.0}
+    parts = split_stage(entry, None, evaluation_timing(metrics, "evaluate@cosface"))
     assert parts == pytest.approx({"evaluation": 40.0, "start-up and around": 5.0})
 
 

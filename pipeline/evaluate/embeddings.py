@@ -115,10 +115,10 @@ def extract_embeddings(
 ) -> NDArray[np.float32]:
     """N x D float32 L2-normalised embeddings of RGB uint8 images (N x H x W x 3).
 
-    An eval-mode copy of the model (already on `device`) with its BatchNorms folded (models.blocks.fold_batchnorm) runs
-    under inference mode; the model itself is left as it was. With `flip`, each embedding is normalise(f(x) + f(mirror(x))), the test-time
-    horizontal flipping of the FaceX-Zoo paper (Sec. 2.1, Pre-Processing). `amp_dtype`
-    (e.g. torch.bfloat16) enables autocast; outputs are float32 either way.
+    An eval-mode copy of the model (already on `device`) with its BatchNorms folded (models.blocks.fold_batchnorm)
+    runs under inference mode; the model itself is left as it was. With `flip`, each embedding is
+    normalise(f(x) + f(mirror(x))), the test-time horizontal flipping of the FaceX-Zoo paper (Sec. 2.1,
+    Pre-Processing). `amp_dtype` (e.g. torch.bfloat16) enables autocast; outputs are float32 either way.
     """
     return _embed(model, images, batch_size, device, amp_dtype, channels_last, (flip,))[0]
 
