@@ -1,8 +1,8 @@
 """Tables from the evaluation metrics, with the training run as the unit of evidence.
 
 A cell is the mean over seeds with its 95% interval (pipeline.run_statistics.cell_estimate: run-to-run and
-pair-sampling variance); a comparison is paired by seed and by pair (compare_runs), Holm-adjusted over the
-table's family, with a plain verdict. The published figures stand beside ours for the ordering, not the level.
+pair-sampling variance); a comparison is paired by seed and by pair, judged with the table's other comparisons
+(run_statistics.judge_family: moderated run variances, Holm over the family), with a plain verdict. The published figures stand beside ours for the ordering, not the level.
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from pipeline.config import Config, TableConfig
 from pipeline.evaluate.significance import holm_bonferroni
 from pipeline.paths import Paths
 from pipeline.recipes import recipes, trained_models
-from pipeline.run_statistics import CellEstimate, RunComparison, cell_estimate, compare_runs, verdict
+from pipeline.run_statistics import CellEstimate, DifferenceSummary, RunComparison, cell_estimate, judge_family, summarize, verdict
 
 BENCHMARK_ORDER = ("lfw", "cfp_fp", "agedb")  # LFW-like, CFP-FP-like, AgeDB-like first: the papers' column order
 COMPARISON_COLUMNS = [
-    "a", "b", "benchmark", "seeds", "delta", "ci_low", "ci_high", "prob_a_beats_b", "p", "p_holm", "verdict",
-    "mde", "seeds_needed", "seed_differences", "run_sd", "pair_sd",
+    "a", "b", "benchmark", "seeds", "delta", "ci_low", "ci_high", "prob_a_beats_b", "p", "df", "p_holm", "verdict",
+    "mde", "seeds_needed", "seed_differences", "run_sd", "moderated_run_sd", "pair_sd",
 ]
 
 
@@ -97,40 +97,45 @@ def table(
     return pd.DataFrame.from_records(records)
 
 
-def compare(
-    a_pairs: pd.DataFrame, b_pairs: pd.DataFrame, benchmark: str, alpha: float, family_size: int
-) -> RunComparison | None:
-    """A against B on the seeds both have figures for (paired by seed), or None when they share none."""
+def summarize_pair(a_pairs: pd.DataFrame, b_pairs: pd.DataFrame, benchmark: str) -> DifferenceSummary | None:
+    """A - B on the seeds both have figures for (paired by seed), or None when they share none."""
     seeds_a, _ = correctness(a_pairs, benchmark)
     seeds_b, _ = correctness(b_pairs, benchmark)
     common = sorted(set(seeds_a) & set(seeds_b))
     if not common:
         return None
-    a, b = correctness(a_pairs, benchmark, common)[1], correctness(b_pairs, benchmark, common)[1]
-    return compare_runs(a, b, alpha, family_size=family_size)
+    return summarize(correctness(a_pairs, benchmark, common)[1], correctness(b_pairs, benchmark, common)[1])
 
 
 def comparisons(
     pairs_of_models: list[tuple[str, str]], per_pair: dict[str, pd.DataFrame], benchmarks: list[str], alpha: float
 ) -> tuple[pd.DataFrame, list[RunComparison]]:
-    """Every planned (a, b, benchmark) as a seed-paired test; Holm over the whole family; a verdict for each, whose
-    smallest resolvable difference is at the family's level."""
-    records, found = [], []
-    family_size = len(pairs_of_models) * len(benchmarks)
-    for a, b in pairs_of_models:
-        for bench in benchmarks:
-            result = compare(per_pair[a], per_pair[b], bench, alpha, family_size)
-            if result is None:
-                continue  # a diverged model has no runs to compare
-            found.append(result)
-            records.append({
-                "a": a, "b": b, "benchmark": bench, "seeds": result.n_seeds, "delta": 100 * result.delta,
-                "ci_low": 100 * result.low, "ci_high": 100 * result.high, "prob_a_beats_b": result.prob_a_beats_b,
-                "p": result.p_value, "mde": 100 * result.mde, "seeds_needed": result.seeds_needed,
-                "seed_differences": ";".join(f"{100 * d:+.2f}" for d in result.seed_differences),
-                "run_sd": 100 * math.sqrt(result.run_variance) if result.run_variance_known else math.nan,
-                "pair_sd": 100 * math.sqrt(result.pair_variance),
-            })
+    """Every planned (a, b, benchmark) as a seed-paired test, judged as one family (run_statistics.judge_family:
+    moderated run variances, Holm over the family); a verdict for each, its smallest resolvable difference at the
+    family's level."""
+    planned = [(a, b, bench) for a, b in pairs_of_models for bench in benchmarks]
+    summaries = {key: summarize_pair(per_pair[key[0]], per_pair[key[1]], key[2]) for key in planned}
+    found_keys = [key for key in planned if summaries[key] is not None]  # a diverged model has no runs to compare
+    return comparison_frame(found_keys, [summaries[key] for key in found_keys], alpha)
+
+
+def comparison_frame(
+    keys: list[tuple[str, str, str]], summaries: list[DifferenceSummary], alpha: float
+) -> tuple[pd.DataFrame, list[RunComparison]]:
+    """The tests CSV of a family: one row per (a, b, benchmark) with its summary judged with the others."""
+    found = judge_family(summaries, alpha)
+    records = [
+        {
+            "a": a, "b": b, "benchmark": bench, "seeds": r.n_seeds, "delta": 100 * r.delta,
+            "ci_low": 100 * r.low, "ci_high": 100 * r.high, "prob_a_beats_b": r.prob_a_beats_b,
+            "p": r.p_value, "df": r.df, "mde": 100 * r.mde, "seeds_needed": r.seeds_needed,
+            "seed_differences": ";".join(f"{100 * d:+.2f}" for d in r.seed_differences),
+            "run_sd": 100 * math.sqrt(r.run_variance) if r.run_variance_known else math.nan,
+            "moderated_run_sd": 100 * math.sqrt(r.moderated_run_variance) if r.run_variance_known else math.nan,
+            "pair_sd": 100 * math.sqrt(r.pair_variance),
+        }
+        for (a, b, bench), r in zip(keys, found, strict=True)
+    ]
     frame = pd.DataFrame.from_records(records, columns=[c for c in COMPARISON_COLUMNS if c not in ("p_holm", "verdict")])
     frame["p_holm"] = holm_bonferroni(frame["p"].to_numpy()) if len(frame) else []
     frame["verdict"] = [verdict(c, float(p), alpha) for c, p in zip(found, frame["p_holm"])]
@@ -155,13 +160,14 @@ def markdown(frame: pd.DataFrame, benchmarks: list[str], paper_columns: list[str
 def comparisons_markdown(frame: pd.DataFrame, labels: dict[str, str]) -> str:
     """One line per comparison: A − B in points with its interval, P(a run of A beats a run of B), Holm's p, verdict."""
     lines = [
-        "| A | B | benchmark | A − B (points) | 95% interval | P(run of A > run of B) | p (Holm) | verdict |",
-        "|---|---|---|---:|---|---:|---:|---|",
+        "| A | B | benchmark | A − B (points) | 95% interval | P(run of A > run of B) | df | p (Holm) | verdict |",
+        "|---|---|---|---:|---|---:|---:|---:|---|",
     ]
     for _, r in frame.iterrows():
         lines.append(
             f"| {labels[r['a']]} | {labels[r['b']]} | {r['benchmark']} | {r['delta']:+.2f} | "
-            f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] | {r['prob_a_beats_b']:.2f} | {r['p_holm']:.2g} | {r['verdict']} |"
+            f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] | {r['prob_a_beats_b']:.2f} | {r['df']:.1f} | {r['p_holm']:.2g} | "
+            f"{r['verdict']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -271,6 +277,28 @@ def gaps_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+CELL_INTERVAL = (
+    "a t interval whose variance adds the run-to-run variance over seeds and the sampling variance of the pairs "
+    "(Welch–Satterthwaite df), built on the logit scale so that it stays within 0-100 (pipeline/run_statistics.py)."
+)
+
+
+def comparisons_paragraph(family_size: int, alpha: float) -> str:
+    """How a table's comparisons are judged, in words: the paragraph above its tests."""
+    return (
+        "Which differences are real. The unit is the training run: A − B is the mean over seeds of the per-seed "
+        "difference (the two recipes share each seed's batch order, flips and, for the same architecture, initial "
+        "weights), tested with a t test whose variance adds the run-to-run variance of that difference and the pairs' "
+        "sampling variance. The run variance is moderated toward the table's own (empirical Bayes, Smyth 2004: the "
+        "table's comparisons lend it at most twice the seeds' degrees of freedom), the test chosen because it keeps "
+        "the family-wise error at its level where a table's verdicts are made (reports/verdict_calibration.md); p is "
+        f"Holm-adjusted over the {family_size} comparisons of this table. P(run of A > run of B) is the share of "
+        f"(A seed, B seed) run pairs in which A scored higher. A verdict needs p (Holm) < {alpha}; otherwise it names "
+        "the smallest difference this design resolves at the table's level (80% power), and reports/seed_noise.md "
+        "says how many seeds it would take. One seed measures no run-to-run variance and is never judged."
+    )
+
+
 def setting(cfg: Config) -> str:
     """The run's size in one sentence: profile, crop, iterations, batch and seeds."""
     seeds = len(cfg.seeds)
@@ -294,9 +322,8 @@ def document(cfg: Config, spec: TableConfig, result: TableResult, ev: Evaluation
         setting(cfg) + " Each cell is the FINAL checkpoint's 10-fold verification accuracy (%) "
         f"({'with' if ev.metric == 'accuracy_flip' else 'without'} the flip test; threshold chosen on the 9 other "
         f"folds){_identification_note(result.benchmarks, ev)}, averaged over the seeds, with its {level}% interval in "
-        "brackets: a t interval whose variance adds the run-to-run variance over seeds and the sampling variance of the "
-        "pairs (pipeline/run_statistics.py). Per-seed values, interval bounds and the std over folds are in the CSV "
-        "beside this file. " + paper,
+        f"brackets: {CELL_INTERVAL} Per-seed values, interval bounds and the std over folds are in the CSV beside "
+        "this file. " + paper,
         "",
         markdown(result.frame, result.benchmarks, list(spec.paper_columns.values())),
     ]
@@ -312,13 +339,7 @@ def document(cfg: Config, spec: TableConfig, result: TableResult, ev: Evaluation
         ]
     if len(result.tests):
         lines += [
-            "Which differences are real. The unit is the training run: A − B is the mean over seeds of the per-seed "
-            "difference (the two recipes share each seed's batch order, flips and, for the same architecture, initial "
-            "weights), tested with a t test whose variance adds the run-to-run variance of that difference and the "
-            f"pairs' sampling variance; p is Holm-adjusted over the {len(result.tests)} comparisons of this table. "
-            "P(run of A > run of B) is the share of (A seed, B seed) run pairs in which A scored higher. "
-            f"A verdict needs p (Holm) < {cfg.evaluate.alpha}; otherwise it names the smallest difference this design "
-            "resolves (80% power), and reports/seed_noise.md says how many seeds it would take.",
+            comparisons_paragraph(len(result.tests), cfg.evaluate.alpha),
             "",
             comparisons_markdown(result.tests, result.labels),
         ]

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from pipeline.config import Config, TableConfig
+from pipeline.config import Config
 from pipeline.report import TableResult, setting
 from pipeline.run_statistics import RunComparison, pairing_gain
 
@@ -40,13 +40,17 @@ def unresolved(tests: pd.DataFrame, labels: dict[str, str]) -> str:
     for _, r in rows.iterrows():
         needed = r["seeds_needed"]
         if needed is None or (isinstance(needed, float) and math.isnan(needed)):
-            need = "none suffices on this pair set" if r["delta"] != 0 else "no difference measured"
+            need = "none on this pair set" if r["delta"] != 0 else "no difference measured"
         else:
             need = str(int(needed))
         lines.append(
-            f"| {labels[r['a']]} | {labels[r['b']]} | {r['benchmark']} | {r['delta']:+.2f} | {r['mde']:.2f} | {need} |"
+            f"| {labels[r['a']]} | {labels[r['b']]} | {r['benchmark']} | {r['delta']:+.2f} | {_points(r['mde'])} | {need} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _points(mde: float) -> str:
+    return "none within 100" if math.isinf(mde) else f"{mde:.2f}"
 
 
 def pairing_line(found: list[RunComparison]) -> str:
@@ -60,14 +64,22 @@ def pairing_line(found: list[RunComparison]) -> str:
     )
 
 
-def section(spec: TableConfig, result: TableResult, cells: dict[tuple[str, str], object], benchmarks: list[str]) -> str:
+def section(title: str, result: TableResult, cells: dict[tuple[str, str], object], benchmarks: list[str]) -> str:
     """One table's part of the report: its rows' spread, what pairing bought, what each open comparison needs."""
     return "\n".join([
-        f"## {spec.title}", "",
+        f"## {title}", "",
         row_spread(result.frame, cells, benchmarks),
+        verdict_part(result),
+    ])
+
+
+def verdict_part(result: TableResult) -> str:
+    """What pairing by seed bought, and the seeds each comparison without a verdict would need."""
+    return "\n".join([
         pairing_line(result.found),
-        "Comparisons without a verdict, and the seeds each would need (normal approximation; the pair term does "
-        "not shrink with seeds):", "",
+        "Comparisons without a verdict, and the seeds each would need: the table's own test (moderated t at the "
+        "family's level alpha/m, 80% power) with the run variance as estimated now; the pair term does not shrink "
+        "with seeds, so some differences no number of seeds resolves on this pair set:", "",
         unresolved(result.tests, result.labels),
     ])
 

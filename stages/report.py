@@ -30,7 +30,7 @@ def run(cfg: Config, paths: Paths) -> None:
         for n in names for b in benchmarks
     }
     results = [(spec, report.build_table(spec, evaluations, alpha)) for spec in cfg.tables.values()]
-    sections = [seed_noise.section(spec, result, cells, result.benchmarks) for spec, result in results]
+    sections = [seed_noise.section(spec.title, result, cells, result.benchmarks) for spec, result in results]
     write_text_atomic(paths.reports / "seed_noise.md", seed_noise.document(cfg, sections))
     _mirror(cfg, paths, evaluations.labels, cells, benchmarks)
     _curves(cfg, paths, names, evaluations.labels)

@@ -20,7 +20,9 @@ import pytest
 from numpy.typing import NDArray
 from scipy import stats
 
-from pipeline.run_statistics import RunComparison, cell_estimate, compare_runs, holm_verdicts, pairing_gain, verdict
+from pipeline.run_statistics import (
+    PRIOR_WEIGHT_CAP, RunComparison, cell_estimate, compare_runs, holm_verdicts, pairing_gain, seeds_needed, verdict,
+)
 
 TABLES = 2000
 SEEDS = 3
@@ -228,20 +230,26 @@ def test_cell_against_a_hand_anova() -> None:
     assert cell.pair_variance == pytest.approx(pair_variance)
     assert cell.se == pytest.approx(math.sqrt(se2))
     assert cell.df == pytest.approx(df)
-    assert (cell.low, cell.high) == pytest.approx(stats.t.interval(0.9, df, loc=grand, scale=math.sqrt(se2)))
+    # the t interval's half width, carried to the logit scale around Cox's empirical logit
+    k = grand * s * n
+    centre = math.log((k + 0.5) / (s * n - k + 0.5))
+    p = 1 / (1 + math.exp(-centre))
+    half = stats.t.ppf(0.95, df) * math.sqrt(se2) / (p * (1 - p))
+    assert (cell.low, cell.high) == pytest.approx((1 / (1 + math.exp(-(centre - half))), 1 / (1 + math.exp(-(centre + half)))))
     assert (cell.n_seeds, cell.n_pairs, cell.run_variance_known) == (4, 30, True)
 
 
-def test_one_seed_is_a_t_test_over_pairs() -> None:
+def test_one_seed_is_a_z_test_over_pairs_and_never_a_verdict() -> None:
     rng = np.random.default_rng(2)
     a = rng.random((1, 400)) < 0.8
     b = rng.random((1, 400)) < 0.75
     d = a[0].astype(float) - b[0]
-    reference = stats.ttest_1samp(d, 0.0)
+    se = np.std(d, ddof=1) / 20
     result = compare_runs(a, b)
-    assert result.p_value == pytest.approx(reference.pvalue)
-    assert (result.low, result.high) == pytest.approx(tuple(reference.confidence_interval(0.95)))
+    assert result.p_value == pytest.approx(2 * stats.norm.sf(abs(d.mean()) / se))
+    assert (result.low, result.high) == pytest.approx((d.mean() - 1.959964 * se, d.mean() + 1.959964 * se))
     assert not result.run_variance_known and math.isnan(result.run_variance) and result.seeds_needed is None
+    assert verdict(result, 0.0) == "not judged: 1 seed measures no run-to-run variance"
     assert math.isnan(pairing_gain([result]))
     cell = cell_estimate(a)
     assert cell.se == pytest.approx(np.std(a[0], ddof=1) / 20) and cell.df == 399
@@ -279,14 +287,37 @@ def test_mde_and_seeds_needed() -> None:
     a, b = _Model(shift=0.3).simulate(seed=4, tables=1)
     result = compare_runs(a[0], b[0], alpha=0.05, power=0.9)
     t = stats.t
+    assert result.df == SEEDS - 1  # one comparison alone: no family lends it a prior
     assert result.mde == pytest.approx((t.ppf(0.975, result.df) + t.ppf(0.9, result.df)) * result.se)
-    z = stats.norm.ppf(0.975) + stats.norm.ppf(0.9)
 
-    def resolves(seeds: int) -> bool:
-        return z * math.sqrt(result.run_variance / seeds + result.pair_variance) <= abs(result.delta)
+    def resolves(seeds: int) -> bool:  # the same t test with more seeds, run variance and pair term as now
+        df = seeds - 1
+        return (t.ppf(0.975, df) + t.ppf(0.9, df)) * math.sqrt(result.run_variance / seeds + result.pair_variance) <= abs(result.delta)
 
-    needed = next(seeds for seeds in range(2, 10**6) if resolves(seeds))
+    needed = next(seeds for seeds in range(2, 10**4) if resolves(seeds))
     assert result.seeds_needed == needed and needed > 2 and not resolves(needed - 1)
+    # the normal approximation the earlier code used answers fewer seeds: it ignored that the run variance is estimated
+    z = stats.norm.ppf(0.975) + stats.norm.ppf(0.9)
+    normal = next(s for s in range(2, 10**4) if z * math.sqrt(result.run_variance / s + result.pair_variance) <= abs(result.delta))
+    assert normal < needed
+
+
+def test_seeds_needed_counts_the_prior_the_family_lends() -> None:
+    # with a prior worth d0 df, S seeds test on S - 1 + min(d0, S - 1) df: fewer seeds than without one
+    delta, run, pair = 0.03, 0.02**2, 0.003**2
+    alone = seeds_needed(delta, run, pair, 0.0, 0.05 / 42, 0.8)
+    helped = seeds_needed(delta, run, pair, 8.0, 0.05 / 42, 0.8)
+    assert alone is not None and helped is not None and helped < alone
+
+    def mde(seeds: int, d0: float) -> float:
+        df = seeds - 1 + min(d0, PRIOR_WEIGHT_CAP * (seeds - 1))
+        crit, tp = stats.t.ppf([1 - 0.05 / 84, 0.8], df)
+        return (crit + tp) * math.sqrt(run / seeds + pair)
+
+    for needed, d0 in ((alone, 0.0), (helped, 8.0)):
+        assert mde(needed, d0) <= delta < mde(needed - 1, d0)
+    # the pair term alone at the limit S -> inf: no number of seeds
+    assert seeds_needed(0.005, run, pair, 8.0, 0.05 / 42, 0.8) is None
 
 
 def test_a_family_raises_the_resolvable_difference_to_its_bonferroni_level() -> None:
@@ -339,9 +370,10 @@ def test_verdicts_after_holm() -> None:
     pair = [dataclasses.replace(base, delta=0.01, p_value=0.03), dataclasses.replace(base, delta=0.01, p_value=0.04)]
     assert [verdict(c, 0.03) for c in pair] == ["A better", "A better"]
     assert all(v.startswith("not resolved with 3 seeds") for v in holm_verdicts(pair, alpha=0.05))
-    one_seed = dataclasses.replace(base, n_seeds=1, mde=0.05)
-    expected = "not resolved with 1 seed: the smallest difference this design resolves is 5.00 points"
-    assert verdict(one_seed, 0.5) == expected
+    one_seed = dataclasses.replace(base, n_seeds=1, run_variance_known=False, mde=0.05)
+    assert verdict(one_seed, 0.0) == "not judged: 1 seed measures no run-to-run variance"
+    out_of_reach = dataclasses.replace(base, delta=0.01, p_value=0.9, mde=math.inf)
+    assert verdict(out_of_reach, 0.9) == "not resolved with 3 seeds: the smallest difference this design resolves is none within 100 points"
     with pytest.raises(ValueError, match="p_holm"):
         verdict(base, 1.5)
 
@@ -370,11 +402,12 @@ def test_all_correct_has_zero_variance_without_warnings() -> None:
         cell = cell_estimate(ones)
         same = compare_runs(ones, ones)
         apart = compare_runs(ones, ~ones)
-    assert (cell.mean, cell.low, cell.high, cell.se) == (1.0, 1.0, 1.0, 0.0)
+    assert (cell.mean, cell.high, cell.se) == (1.0, 1.0, 0.0)
+    # all 150 judgements right is not certainty: the binomial floor keeps the interval open below, inside [0, 1]
+    assert 0.9 < cell.low < 0.99
     assert (same.delta, same.p_value, same.low, same.high, same.mde) == (0.0, 1.0, 0.0, 0.0, 0.0)
     assert same.prob_a_beats_b == 0.5 and same.seeds_needed is None
-    expected = "not resolved with 3 seeds: the smallest difference this design resolves is 0.00 points"
-    assert verdict(same, same.p_value) == expected
+    assert verdict(same, same.p_value) == "not resolved with 3 seeds: the smallest difference this design resolves is 0.00 points"
     assert (apart.delta, apart.p_value, apart.prob_a_beats_b) == (1.0, 0.0, 1.0)
     assert verdict(apart, apart.p_value) == "A better"
 
