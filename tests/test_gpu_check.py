@@ -1,15 +1,16 @@
 """scripts/gpu-check on CPU (`--device cpu --tiny`): the CUDA check's code path runs end to end and cannot rot."""
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.slow  # about 1-2 minutes on 2 shared cores (a dozen tiny training runs and a torchrun)
 
-
+@pytest.mark.slow  # about 1-2 minutes on 2 shared cores (a dozen tiny training runs and a torchrun)
 def test_gpu_check_tiny_on_cpu_passes_and_writes_its_report(tmp_path):
     completed = subprocess.run(
         ["bash", "scripts/gpu-check", "--device", "cpu", "--tiny", "--out", str(tmp_path)],
@@ -24,6 +25,10 @@ def test_gpu_check_tiny_on_cpu_passes_and_writes_its_report(tmp_path):
     names = " | ".join(check["name"] for check in result["checks"])
     for expected in ("loss decreases", "no NaN", "checkpoint + stop + resume", "evaluation", "torchrun", "compile"):
         assert expected in names, f"no check named {expected!r}: {names}"
+    # tiny: descent is required of every model on the one batch it trains on (the probe set is the GPU's check)
+    descents = {check["name"]: check for check in result["checks"] if "loss decreases on the batch" in check["name"]}
+    assert len(descents) == len(result["sizes"]["models"]), names
+    assert all(check["loss_after"] <= 0.5 * check["loss_before"] for check in descents.values()), descents
     assert result["resume"]["bitwise"] and result["resume"]["resumed_from_steps"] == [result["resume"]["stopped_at"]]
     assert {run["amp"] for run in result["training"]} == {"bf16", "fp16", "fp32"}
     assert any(run["launch"] == "torchrun 1 proc" for run in result["training"])
@@ -32,9 +37,37 @@ def test_gpu_check_tiny_on_cpu_passes_and_writes_its_report(tmp_path):
     assert "PASSED" in markdown and "| check | result | numbers |" in markdown
 
 
-def test_gpu_check_refuses_cuda_where_there_is_none(tmp_path):
-    import torch
+@pytest.mark.parametrize("lr", [0.0, None])
+def test_fixed_batch_descent_check_fails_when_the_step_does_not_descend(tmp_path, lr):
+    """The tiny descent check can fail: with lr 0 the weights never move and the batch's loss stays where it was;
+    with the paper profile's lr it passes (MobileFaceNet, bf16 on this CPU's kernels)."""
+    from benchmarks import gpu_check
 
+    sizes = dataclasses.replace(gpu_check.TINY, models=("mobilefacenet",))
+    args = gpu_check.parse(["--device", "cpu", "--tiny", "--work", str(tmp_path)])
+    checker = gpu_check.Checker(args, sizes, torch.device("cpu"), tmp_path)
+    if lr is not None:
+        checker.base_cfg = checker.base_cfg.model_copy(update={"lr": lr})
+    checker.data = gpu_check.make_data(sizes)
+    gpu_check.section_fixed_batch(checker)
+    [check] = checker.checks
+    assert "loss decreases on the batch it trains on" in check["name"]
+    if lr == 0.0:
+        assert not check["passed"] and check["loss_after"] == pytest.approx(check["loss_before"]), check
+    else:
+        assert check["passed"] and check["loss_after"] <= gpu_check.FIXED_BATCH_RATIO * check["loss_before"], check
+
+
+def test_halved_needs_finite_losses_and_a_halving():
+    from benchmarks.gpu_check import halved
+
+    assert halved(20.0, 10.0) and halved(20.0, 0.01)
+    assert not halved(20.0, 10.5) and not halved(20.0, 20.0) and not halved(20.0, 30.0)
+    assert not halved(20.0, float("nan")) and not halved(float("inf"), 1.0) and not halved(None, 1.0)
+
+
+@pytest.mark.slow
+def test_gpu_check_refuses_cuda_where_there_is_none(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     completed = subprocess.run(
