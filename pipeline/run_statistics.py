@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -419,7 +419,7 @@ def _comparison(
     else:
         mde, needed = _resolvable(0.0, summary.pair_variance, 1, df, level, power), None
     return RunComparison(
-        delta=summary.delta,
+        **{field.name: getattr(summary, field.name) for field in fields(summary)},  # the summary's figures as they are
         low=max(-1.0, summary.delta - crit * se),
         high=min(1.0, summary.delta + crit * se),
         alpha=alpha,
@@ -427,21 +427,11 @@ def _comparison(
         df=df,
         t_statistic=t_statistic,
         p_value=p,
-        mean_a=summary.mean_a,
-        mean_b=summary.mean_b,
-        seed_differences=summary.seed_differences,
-        prob_a_beats_b=summary.prob_a_beats_b,
         power=power,
         mde=mde if mde <= 1.0 else math.inf,  # an accuracy difference is at most 100 points
         seeds_needed=needed,
-        run_variance=summary.run_variance,
         moderated_run_variance=moderated,
         prior_df=prior_df,
-        run_variance_a=summary.run_variance_a,
-        run_variance_b=summary.run_variance_b,
-        pair_variance=summary.pair_variance,
-        n_seeds=summary.n_seeds,
-        n_pairs=summary.n_pairs,
         family_size=family_size,
         run_variance_known=summary.run_variance_known,
     )
