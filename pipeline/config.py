@@ -37,6 +37,9 @@ def _device(name: str) -> str:
 
 Device = Annotated[str, AfterValidator(_device)]
 Share = Annotated[float, Field(gt=0.0, lt=1.0)]  # a probability strictly between 0 and 1
+ROW_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# YAML 1.1 (PyYAML, DVC) reads a float only with a dot and a signed exponent: 1e-3 and 1.0e3 are text, 1.0e-3 a number
+_TEXT_NUMBER = re.compile(r"([-+]?[0-9]+)(?:\.([0-9]*))?([eE])([-+]?)([0-9]+)")
 
 
 class DataConfig(Section):
@@ -231,6 +234,25 @@ class Config(Section):
     tables: dict[str, TableConfig]
     tracking: TrackingConfig
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        # a repeated seed trains the same run twice and counts it twice in every mean and test
+        repeated = sorted({seed for seed in value if value.count(seed) > 1})
+        if repeated:
+            raise ValueError(f"listed more than once: {', '.join(map(str, repeated))}; each seed is one training run")
+        return value
+
+    @model_validator(mode="after")
+    def _row_names_are_identifiers(self) -> Config:
+        # a row's name is an argument (`python -m stages.train --row NAME`, dvc.yaml) and names its folders and runs
+        for name in self.rows:
+            if not ROW_NAME.fullmatch(name):
+                raise ValueError(f"rows: {name!r} is not a valid row name: it is passed on the command line and names "
+                                 "the model's folders, so it must be an identifier (ASCII letters, digits and _, "
+                                 "not starting with a digit)")
+        return self
+
     @model_validator(mode="after")
     def _student_row_exists(self) -> Config:
         if self.distill.enabled and self.distill.student_row not in self.rows:
@@ -306,11 +328,27 @@ def resolve(raw: dict[str, Any], profile: str | None = None, source: str = "para
         raise ValueError(f"{source}: invalid parameters for profile {chosen!r}: {problems}") from None
 
 
+def text_number_hint(value: object, integer: bool = False) -> str:
+    """How to write a number that YAML read as text (`write 1.0e-3 (YAML 1.1 reads 1e-3 as text)`), or ''."""
+    match = _TEXT_NUMBER.fullmatch(value) if isinstance(value, str) else None
+    if not match:
+        return ""
+    whole, fraction, e, sign, exponent = match.groups()
+    if integer:
+        number = float(value)
+        return f"write {int(number)} (YAML 1.1 reads {value} as text)" if number.is_integer() else ""
+    return f"write {whole}.{fraction or 0}{e}{sign or '+'}{exponent} (YAML 1.1 reads {value} as text)"
+
+
 def _problem(error: Any) -> str:
     """One pydantic error as `section.field: message (got value)`, the value cut to keep the line short."""
     got = repr(error["input"])
     got = got if len(got) <= 60 else got[:57] + "..."
-    return f"{'.'.join(map(str, error['loc']))}: {error['msg']} (got {got})" if error["loc"] else error["msg"]
+    if not error["loc"]:
+        return error["msg"]
+    hint = text_number_hint(error["input"], integer=error["type"] == "int_type") if error["type"] in (
+        "float_type", "int_type") else ""
+    return f"{'.'.join(map(str, error['loc']))}: {error['msg']} (got {got})" + (f": {hint}" if hint else "")
 
 
 def load(path: str | Path | None = None, profile: str | None = None) -> Config:

@@ -8,13 +8,16 @@ from pipeline import config
 from pipeline.recipes import PRETRAIN, STUDENT, TEACHER, recipes
 
 
+with open(config.PROJECT_ROOT / "params.yaml") as handle:
+    PARAMS = yaml.safe_load(handle)
+
+
 @pytest.fixture(scope="module")
 def raw():
-    with open(config.PROJECT_ROOT / "params.yaml") as handle:
-        return yaml.safe_load(handle)
+    return copy.deepcopy(PARAMS)
 
 
-@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+@pytest.mark.parametrize("profile", sorted(PARAMS["profiles"]))
 def test_every_profile_validates(raw, profile):
     cfg = config.resolve(raw, profile)
     assert cfg.profile == profile
@@ -260,3 +263,40 @@ def test_a_table_cannot_show_the_distillation_when_it_is_off(raw):
         config.resolve(raw, "cpu")
     del raw["tables"]["distill"]
     assert "distill" not in config.resolve(raw, "cpu").tables
+
+
+# --- issue 25, item 3: what the typed config accepted and a later stage refused or misread -----------------------------
+
+
+def test_a_seed_listed_twice_is_refused(raw):
+    bad = copy.deepcopy(raw)
+    bad["profiles"]["cpu"]["seeds"] = [0, 0, 1]
+    with pytest.raises(ValueError, match=r"seeds: Value error, listed more than once: 0;"):
+        config.resolve(bad, "cpu")
+
+
+@pytest.mark.parametrize("name", ["my row", "cosface-2", "2cosface", "coś", ""])
+def test_a_row_name_that_is_not_an_identifier_is_refused(raw, name):
+    bad = copy.deepcopy(raw)
+    bad["rows"][name] = dict(bad["rows"]["cosface"])
+    with pytest.raises(ValueError, match=rf"rows: {name!r} is not a valid row name"):
+        config.resolve(bad, "cpu")
+
+
+@pytest.mark.parametrize("text, suggestion", [
+    ("1e-3", "1.0e-3"), ("5E4", "5.0E+4"), ("-2e+5", "-2.0e+5"), ("1.5e3", "1.5e+3"),
+])
+def test_a_number_yaml_reads_as_text_says_how_to_write_it(tmp_path, text, suggestion):
+    path = tmp_path / "params.yaml"
+    path.write_text((config.PROJECT_ROOT / "params.yaml").read_text().replace("  lr: 0.1\n", f"  lr: {text}\n"))
+    with pytest.raises(ValueError, match=r"train\.lr: ") as caught:
+        config.load(path)
+    assert f"write {suggestion} (YAML 1.1 reads {text} as text)" in str(caught.value)
+    assert isinstance(yaml.safe_load(f"x: {suggestion}")["x"], float)  # the suggestion is a number to YAML 1.1
+
+
+def test_an_integer_yaml_reads_as_text_says_how_to_write_it(raw):
+    bad = copy.deepcopy(raw)
+    bad["profiles"]["cpu"]["train"]["iterations"] = "3e2"
+    with pytest.raises(ValueError, match=r"train.iterations: .*write 300 \(YAML 1.1 reads 3e2 as text\)"):
+        config.resolve(bad, "cpu")
