@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.heads.angular import angle, non_target_mask, target_of, with_target
-from pipeline.heads.base import MarginHead, number, register
+from pipeline.heads.base import COSINE_MARGIN_MAX, MarginHead, number, register
 
 
 def adacos_initial_scale(num_classes: int) -> float:
@@ -72,7 +72,7 @@ class AdaMSettings:
 
     def __post_init__(self) -> None:
         self.s = number("s", self.s, 0.0, low_open=True)
-        self.m = number("m", self.m, 0.0, 1.0)
+        self.m = number("m", self.m, 0.0, COSINE_MARGIN_MAX)
         self.lam = number("lam", self.lam, 0.0)
 
 

@@ -98,6 +98,14 @@ class MarginHead(nn.Module):
 
 HEADS: Registry[MarginHead] = Registry[MarginHead]("head")
 
+# The largest margins a head accepts. Past them even a sample on its own class centre (theta = 0) scores its class
+# below a class orthogonal to it (cosine 0), so no training can meet the margin. An angular margin adds to theta:
+# cos(0 + m) >= 0 needs m <= pi/2 (ArcFace, CurricularFace, NPCFace; Li-ArcFace's linear target 1 - 2m/pi alike).
+# A cosine margin subtracts from cos(theta): 1 - m >= 0 needs m <= 1 (CosFace, AdaM-Softmax, MV-Softmax). The papers'
+# settings lie well inside (0.35-0.5); m: 5 or m: 50 is a typo.
+ANGULAR_MARGIN_MAX = math.pi / 2
+COSINE_MARGIN_MAX = 1.0
+
 H = TypeVar("H", bound=type[MarginHead])
 
 

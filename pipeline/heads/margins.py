@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from pipeline.heads.angular import angle, arc_target, target_of, with_target
-from pipeline.heads.base import MarginHead, choice, number, register
+from pipeline.heads.base import ANGULAR_MARGIN_MAX, COSINE_MARGIN_MAX, MarginHead, choice, number, register
 
 ARC_VARIANTS = ("classic", "straight_through")
 
@@ -83,7 +83,7 @@ class ArcMargins:
 
     def __post_init__(self) -> None:
         self.s = number("s", self.s, 0.0, low_open=True)
-        self.m = number("m", self.m, 0.0, math.pi / 2)
+        self.m = number("m", self.m, 0.0, ANGULAR_MARGIN_MAX)
         self.variant = choice("variant", self.variant, ARC_VARIANTS)
 
 
@@ -94,7 +94,7 @@ class LiArcMargins:
 
     def __post_init__(self) -> None:
         self.s = number("s", self.s, 0.0, low_open=True)
-        self.m = number("m", self.m, 0.0, math.pi / 2)
+        self.m = number("m", self.m, 0.0, ANGULAR_MARGIN_MAX)
 
 
 @dataclass
@@ -104,7 +104,7 @@ class CosMargins:
 
     def __post_init__(self) -> None:
         self.s = number("s", self.s, 0.0, low_open=True)
-        self.m = number("m", self.m, 0.0, 1.0)
+        self.m = number("m", self.m, 0.0, COSINE_MARGIN_MAX)
 
 
 @dataclass
@@ -116,9 +116,9 @@ class CombinedMargins:
 
     def __post_init__(self) -> None:
         self.s = number("s", self.s, 0.0, low_open=True)
-        self.m1 = number("m1", self.m1, 0.0, 4.0, low_open=True)
-        self.m2 = number("m2", self.m2, 0.0, math.pi / 2)
-        self.m3 = number("m3", self.m3, 0.0, 1.0)
+        self.m1 = number("m1", self.m1, 0.0, 4.0, low_open=True)  # SphereFace's multiplicative margin reached 4
+        self.m2 = number("m2", self.m2, 0.0, ANGULAR_MARGIN_MAX)
+        self.m3 = number("m3", self.m3, 0.0, COSINE_MARGIN_MAX)
         d = math.pi - (math.pi - self.m2) / self.m1
         # The fallback starts d sin d - (1 - cos d) below the arc branch's end (-1); it must not start above it.
         if d > 0 and d * math.sin(d) < 1.0 - math.cos(d):

@@ -21,14 +21,13 @@ m0 with none) agree. Differences from FaceX-Zoo:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from pipeline.heads.angular import arc_target, non_target_mask, target_of, with_target
-from pipeline.heads.base import MarginHead, choice, number, register
+from pipeline.heads.base import ANGULAR_MARGIN_MAX, COSINE_MARGIN_MAX, MarginHead, choice, number, register
 
 
 def hard_negatives(cos: Tensor, labels: Tensor, target: Tensor) -> Tensor:
@@ -89,7 +88,7 @@ class MVSettings:
 
     def __post_init__(self) -> None:
         self.s = number("s", self.s, 0.0, low_open=True)
-        self.m = number("m", self.m, 0.0, 1.0)
+        self.m = number("m", self.m, 0.0, COSINE_MARGIN_MAX)  # the "am" target; below pi/2 for "arc" too
         self.t = number("t", self.t, 1.0)
         self.variant = choice("variant", self.variant, ("am", "arc"))
 
@@ -102,7 +101,7 @@ class CurricularSettings:
 
     def __post_init__(self) -> None:
         self.s = number("s", self.s, 0.0, low_open=True)
-        self.m = number("m", self.m, 0.0, math.pi / 2)
+        self.m = number("m", self.m, 0.0, ANGULAR_MARGIN_MAX)
         self.momentum = number("momentum", self.momentum, 0.0, 1.0)
 
 
@@ -117,10 +116,10 @@ class NPCSettings:
 
     def __post_init__(self) -> None:
         self.s = number("s", self.s, 0.0, low_open=True)
-        self.m = number("m", self.m, 0.0, math.pi / 2)
-        self.m0 = number("m0", self.m0, 0.0, math.pi / 2)
+        self.m = number("m", self.m, 0.0, ANGULAR_MARGIN_MAX)
+        self.m0 = number("m0", self.m0, 0.0, ANGULAR_MARGIN_MAX)
         # m_i = m0 + m1 * (a cosine in [-1, 1]) stays within [0, pi/2].
-        self.m1 = number("m1", self.m1, 0.0, min(self.m0, math.pi / 2 - self.m0))
+        self.m1 = number("m1", self.m1, 0.0, min(self.m0, ANGULAR_MARGIN_MAX - self.m0))
         self.t = number("t", self.t, 1.0)
         self.alpha = number("alpha", self.alpha, 0.0)
 
