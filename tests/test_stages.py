@@ -143,3 +143,22 @@ def test_a_bad_held_out_protocol_is_named_by_validate(tmp_path, smoke_params):
         path.write_text(yaml.safe_dump(raw))
         result = run_validate(path)
         assert result.returncode == 1 and named in result.stderr, (bad, result.stderr)
+
+
+# --- issue 25, item 3: validate builds what a run will build, so a typo stops `dvc repro` before any stage -----------
+
+
+def test_validate_refuses_what_only_a_later_stage_read_with_one_line_and_writes_nothing(tmp_path, smoke_params):
+    """One run each: the checks themselves are tests/test_validate.py's."""
+    path, raw = smoke_params
+    raw["backbone"]["name"] = "mobilefacenett"
+    path.write_text(yaml.safe_dump(raw))
+    result = run_validate(path)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "backbone.name: unknown backbone 'mobilefacenett'" in result.stderr
+    assert list(tmp_path.iterdir()) == [path]
+    raw["backbone"]["name"] = "mobilefacenet"
+    path.write_text(yaml.safe_dump(raw).replace("lr: 0.1\n", "lr: 1e-3\n"))
+    result = run_validate(path)
+    assert result.returncode == 1 and "train.lr" in result.stderr, result.stderr
+    assert "write 1.0e-3 (YAML 1.1 reads 1e-3 as text)" in result.stderr
