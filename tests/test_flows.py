@@ -507,23 +507,32 @@ def test_the_deployment_reproduces_table3(project):
 def test_a_failing_stage_fails_the_run_with_its_message_and_a_rerun_trains_nothing(project):
     trained = project.model_times()
     assert len(trained) > 10
+    # A fault only the evaluation meets. Stage validate checks every parameter before any stage runs, so the trained
+    # model file is damaged in place, keeping its size and times, which DVC's state trusts without hashing it again
+    # (as it would a file that rotted on disk); a valid change to the evaluation's own parameters makes it run.
+    model = project.root / "data" / "models" / "cosface" / "seed0" / "model.pt"
+    good, times = model.read_bytes(), model.stat()
+    model.write_bytes(b"\0" * len(good))
+    os.utime(model, ns=(times.st_atime_ns, times.st_mtime_ns))
     params_file = project.root / "params.yaml"
-    good = params_file.read_text()
-    broken = yaml.safe_load(good)
-    broken["evaluate"]["folds"] = 5  # valid params (stages.validate passes them), refused by the evaluation itself
-    params_file.write_text(yaml.safe_dump(broken, sort_keys=False))
+    params = params_file.read_text()
+    changed = yaml.safe_load(params)
+    changed["evaluate"]["fars"] = changed["evaluate"]["fars"][:2]
+    params_file.write_text(yaml.safe_dump(changed, sort_keys=False))
 
     result, run = project.trigger("reproduce-table3/cpu", rows=["cosface"])
     assert result.returncode != 0 and run["state"]["type"] == "FAILED"
     message = run["state"]["message"]
-    assert "stage evaluate failed:" in message and "evaluate.folds is 5" in message, message
+    assert "stage evaluate failed:" in message and "model.pt" in message, message
     tasks = project.task_runs(run)
     assert tasks["evaluate@cosface"]["state_type"] == "FAILED"
     assert tasks["evaluate@cosface"]["run_count"] == 1  # its own error: not retried
     assert tasks["train@cosface"]["state_type"] == "COMPLETED"
     assert "report" not in tasks and "table@table3" not in tasks
 
-    params_file.write_text(good)
+    model.write_bytes(good)
+    os.utime(model, ns=(times.st_atime_ns, times.st_mtime_ns))
+    params_file.write_text(params)
     result, run = project.trigger("reproduce-table3/cpu", rows=["cosface"])
     assert result.returncode == 0 and run["state"]["type"] == "COMPLETED", run["state"]["message"]
     logs = project.logs(run)
