@@ -1,10 +1,13 @@
 """InsightFace RecordIO and .bin: files packed by hand here (independent of the module) read right, and back."""
 from __future__ import annotations
 
+import gc
 import io
 import os
 import pickle
+import re
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -502,7 +505,7 @@ def shared_bin() -> bytes:
     return pickle.dumps(([nested, b"y"], [True]), protocol=4)
 
 
-@pytest.mark.parametrize("payload, where", [(cyclic_bin, r"\[0\]\[1\]"), (shared_bin, r"\[0\]\[0\](\[\d\])+")])
+@pytest.mark.parametrize("payload, where", [(cyclic_bin, r"\[0\]\[1\]"), (shared_bin, r"\[0\]\[0\](\[\d\])+\[… \d+ more levels …\](\[\d\])+")])
 def test_cyclic_and_shared_lists_in_a_bin_are_refused(tmp_path, payload, where):
     path = tmp_path / "loop.bin"
     path.write_bytes(payload())
@@ -545,6 +548,46 @@ def test_bin_size_limits_are_named(tmp_path, monkeypatch):
     monkeypatch.setattr(ins, "BIN_MAX_BYTES", path.stat().st_size - 1)
     with pytest.raises(ins.UnsafePickleError, match=rf"big\.bin: {path.stat().st_size} bytes; a \.bin may hold at most"):
         ins.read_bin(path)
+
+
+def deep_list(depth: int, leaf: object = b"x") -> list:
+    nested: list = [leaf]
+    for _ in range(depth):
+        nested = [nested]
+    return nested
+
+
+def check_seconds(value: object, repeats: int = 3) -> float:
+    """CPU seconds of the type check, the least of a few runs (the least is the one other processes disturbed least)."""
+    spent = []
+    for _ in range(repeats):
+        started = time.process_time()
+        ins._check_types(value, "deep.bin")
+        spent.append(time.process_time() - started)
+    return min(spent)
+
+
+def test_a_deeply_nested_list_is_checked_in_time_linear_in_its_depth():
+    """Issue 25: the walk built each entry's path string from its parent's, so a chain of nested lists cost time
+    quadratic in its depth (a 1 MB .bin: 16 s). 8 times deeper must cost about 8 times more, far from 64."""
+    gc.disable()  # a collection landing in one measurement and not the other would distort the ratio
+    try:
+        shallow, deep = check_seconds((deep_list(25_000), [])), check_seconds((deep_list(200_000), []))
+    finally:
+        gc.enable()
+    assert deep / shallow < 16, f"depth 25,000: {shallow:.3f} s, depth 200,000: {deep:.3f} s"
+
+
+def test_a_refusal_deep_in_nested_lists_names_the_place_in_one_short_line():
+    shared = [b"x"]
+    with pytest.raises(ins.UnsafePickleError, match=r"deep\.bin: holds a dict at \[1\]\[0\]\[0\];"):
+        ins._check_types(([b"y"], [[{"a": 1}]]), "deep.bin")
+    with pytest.raises(ins.UnsafePickleError) as found:
+        ins._check_types(([deep_list(100_000, shared), shared], []), "deep.bin")
+    message = str(found.value)
+    assert "\n" not in message and len(message) < 300, message
+    at = r"\[0\]\[0\](\[0\])+\[… 99,9\d\d more levels …\](\[0\])+"
+    assert re.search(rf"the list at {at} is reached twice", message), message
 
 
 @pytest.mark.parametrize("num_pairs", [10, 23, 600, 6001])

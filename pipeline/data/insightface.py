@@ -433,18 +433,41 @@ def _check_opcodes(data: bytes, where: str) -> None:
         raise UnsafePickleError(f"{where}: not a readable pickle ({type(error).__name__}: {error})") from error
 
 
+_PATH_ENDS = 8  # a path deeper than twice this shows its first and last levels only: an error stays one short line
+
+
+def _path(steps: list[tuple[int, int]], parent: int, index: int) -> str:
+    """The `[i][j]...` path of entry `index` of container `parent`, built back along the parent chain."""
+    indices = []
+    while parent >= 0:
+        indices.append(index)
+        parent, index = steps[parent]
+    if not indices:
+        return "top level"
+    indices.reverse()
+    if len(indices) > 2 * _PATH_ENDS:
+        hidden = len(indices) - 2 * _PATH_ENDS
+        head, tail = indices[:_PATH_ENDS], indices[-_PATH_ENDS:]
+        return "".join(f"[{i}]" for i in head) + f"[… {hidden:,} more levels …]" + "".join(f"[{i}]" for i in tail)
+    return "".join(f"[{i}]" for i in indices)
+
+
 def _check_types(value: Any, where: str) -> None:
     """Only data types, each non-empty list or tuple reached once (a cycle would make every later walk loop, shared
     lists nested a few levels deep would make it exponential), at most BIN_MAX_ITEMS entries and BIN_MAX_BYTES of
     image bytes."""
     seen: set[int] = set()  # ids of the lists reached; all stay alive during the walk, so an id means one object
     items = size = 0
-    stack: list[tuple[Any, str]] = [(value, "top level")]
+    # Each container walked is a step (its container's step, its index there); an entry's path is built from them
+    # only for an error, since a path string per entry would make nested lists cost time quadratic in their depth.
+    steps: list[tuple[int, int]] = []
+    stack: list[tuple[Any, int, int]] = [(value, -1, 0)]  # (entry, its container's step or -1 at the top, index)
     while stack:
-        item, at = stack.pop()
+        item, parent, index = stack.pop()
         if not isinstance(item, _DATA_TYPES):
             raise UnsafePickleError(
-                f"{where}: holds a {type(item).__name__} at {at}; only bytes, lists, tuples, bools and ints are allowed"
+                f"{where}: holds a {type(item).__name__} at {_path(steps, parent, index)}; "
+                "only bytes, lists, tuples, bools and ints are allowed"
             )
         if isinstance(item, (bytes, bytearray)):
             size += len(item)
@@ -454,15 +477,16 @@ def _check_types(value: Any, where: str) -> None:
             continue
         if id(item) in seen:
             raise UnsafePickleError(
-                f"{where}: the {type(item).__name__} at {at} is reached twice (a cyclic or shared reference); "
-                "a .bin holds plain nested lists"
+                f"{where}: the {type(item).__name__} at {_path(steps, parent, index)} is reached twice (a cyclic or "
+                "shared reference); a .bin holds plain nested lists"
             )
         seen.add(id(item))
         items += len(item)
         if items > BIN_MAX_ITEMS:
             raise UnsafePickleError(f"{where}: holds more than {BIN_MAX_ITEMS} list entries")
-        prefix = "" if at == "top level" else at
-        stack.extend((child, f"{prefix}[{index}]") for index, child in enumerate(item))
+        step = len(steps)
+        steps.append((parent, index))
+        stack.extend((child, step, child_index) for child_index, child in enumerate(item))
 
 
 def load_bin_payload(path: str | os.PathLike[str]) -> tuple[list[bytes], np.ndarray]:
