@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import re
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -13,6 +16,11 @@ from pipeline.config import Config
 from pipeline.paths import Paths
 
 log = logging.getLogger("facerepro")
+
+INTERRUPTED = 130  # the shell's code for a process ended by SIGINT (128 + 2)
+
+_OUT_OF_MEMORY = re.compile(r"can't allocate memory|not enough memory|out of memory", re.IGNORECASE)
+_ALLOCATION = re.compile(r"allocate (\d+) bytes|allocate ([\d.]+ [KMGTPE]i?B)", re.IGNORECASE)
 
 
 def _terminated(signum: int, frame: object) -> None:
@@ -35,11 +43,70 @@ def main(
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(message)s", datefmt="%H:%M:%S")
     extra = {k: v for k, v in vars(args).items() if k not in ("params", "profile")}
     signal.signal(signal.SIGTERM, _terminated)
+    root = args.params.resolve().parent if args.params else config.PROJECT_ROOT
     try:
         cfg: Config = config.load(args.params, args.profile)
-        root = args.params.resolve().parent if args.params else config.PROJECT_ROOT
         run(cfg, Paths(root), **extra)
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        # the message names the file, record or parameter; a traceback would bury it
-        print(f"stage {name} failed: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        # Ctrl-C is the user's own doing: outputs are written whole or not at all and training resumes from its
+        # last checkpoint, so the stack of wherever the signal landed says nothing they need
+        print(f"interrupted: stage {name} stopped; `dvc repro` resumes it", file=sys.stderr)
+        sys.exit(INTERRUPTED)
+    except Exception as error:
+        message = failure(name, error, root)
+        if message is None:  # a fault in the code, not in the parameters, the data or the machine: the stack helps
+            raise
+        print(message, file=sys.stderr)
         sys.exit(1)
+
+
+def failure(name: str, error: Exception, root: Path) -> str | None:
+    """The one line that stage `name` ends with for `error`, or None for an error whose traceback is the message.
+
+    Parameters, files, records, memory and disk are the user's to fix, and the line names what to fix; a traceback
+    would bury it."""
+    if _out_of_memory(error):
+        return f"stage {name} failed: {_memory_message(error)}"
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = error.filename or f"under {root}"
+        return f"stage {name} failed: disk full writing {where} ({_free_space(root)}); free space and rerun it"
+    if isinstance(error, (ValueError, OSError, KeyError)):
+        return f"stage {name} failed: {_one_line(str(error))}"
+    return None
+
+
+def _out_of_memory(error: Exception) -> bool:
+    # torch reports a failed CPU allocation as a plain RuntimeError, a CUDA one as torch.OutOfMemoryError (not
+    # imported here: validate and synthesize load no torch)
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(error, RuntimeError) and _OUT_OF_MEMORY.search(str(error)) is not None
+
+
+def _memory_message(error: Exception) -> str:
+    found = _ALLOCATION.search(str(error))
+    size = "" if found is None else f" (it tried to allocate {found[2] or _size(int(found[1]))})"
+    return (
+        f"out of memory{size}; a size in the parameters (align.crop_size, backbone.embedding_size, "
+        "train.batch_size, evaluate.batch_size, ...) is too large for this machine"
+    )
+
+
+def _size(count: int) -> str:
+    value, unit = float(count), "bytes"
+    for larger in ("kB", "MB", "GB", "TB", "PB", "EB"):
+        if value < 1000:
+            break
+        value, unit = value / 1000, larger
+    return f"{count} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+
+
+def _free_space(root: Path) -> str:
+    try:
+        return f"{_size(shutil.disk_usage(root).free)} free now that the partial output is removed"
+    except OSError:
+        return "free space unknown"
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
