@@ -3,22 +3,37 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import re
 import shutil
 import signal
 import sys
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePath
+from typing import TypeVar
 
 from pipeline import config
-from pipeline.config import Config
+from pipeline.config import BOOTSTRAP, PRETRAIN, STUDENT, TEACHER, Config
 from pipeline.paths import Paths
 
 log = logging.getLogger("facerepro")
 
+T = TypeVar("T")
+
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT (128 + 2)
 
+# Which dvc.yaml stage writes a project path: fixed outputs by their first parts, models and evaluations by name.
+_WRITERS = {
+    ("data", "raw"): "synthesize",
+    ("data", "aligned"): "align",
+    ("data", "protocols"): "protocols",
+    ("data", "clean"): "clean",
+    ("reports", "cleaning.json"): "clean",
+    ("reports", "params_valid.txt"): "validate",
+    ("reports", "evaluation_plan"): "validate",
+}
+_MODEL_WRITERS = {BOOTSTRAP: "clean", PRETRAIN: "pretrain", TEACHER: "distill", STUDENT: "distill"}
 _OUT_OF_MEMORY = re.compile(r"can't allocate memory|not enough memory|out of memory", re.IGNORECASE)
 _ALLOCATION = re.compile(r"allocate (\d+) bytes|allocate ([\d.]+ [KMGTPE]i?B)", re.IGNORECASE)
 
@@ -110,3 +125,67 @@ def _free_space(root: Path) -> str:
 
 def _one_line(text: str) -> str:
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def writer(paths: Paths, path: Path) -> str | None:
+    """The dvc.yaml stage whose output holds `path`, or None for a path no stage writes."""
+    try:
+        parts = path.relative_to(paths.root).parts
+    except ValueError:
+        return None
+    if parts[:2] == ("data", "models") and len(parts) > 2:
+        return _MODEL_WRITERS.get(parts[2], f"train@{parts[2]}")
+    model = _evaluated_model(parts)
+    if model is not None:
+        return f"evaluate_models@{model}" if model in (PRETRAIN, TEACHER, STUDENT) else f"evaluate@{model}"
+    return next((stage for prefix, stage in _WRITERS.items() if parts[: len(prefix)] == prefix), None)
+
+
+def _evaluated_model(parts: tuple[str, ...]) -> str | None:
+    if parts[:2] == ("data", "eval") and len(parts) > 2:
+        return parts[2]
+    if parts[:3] == ("reports", "metrics", "eval") and len(parts) > 3:
+        return PurePath(parts[3]).stem
+    return None
+
+
+def _rerun(paths: Paths, path: Path, verb: str) -> str:
+    stage = writer(paths, path)
+    return "" if stage is None else f"; stage {stage} writes it: {verb} `dvc repro {stage}`"
+
+
+def require(paths: Paths, *needed: Path) -> None:
+    """Stop on the first missing input with the stage that writes it: a stage run before the ones it reads from
+    would otherwise stop on a bare path."""
+    for path in needed:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing{_rerun(paths, path, 'run')}")
+
+
+def read_inputs(paths: Paths, files: Sequence[Path], load: Callable[[], T]) -> T:
+    """`load()`, which reads `files` (earlier stages' outputs); one missing, or unreadable (cut short, overwritten),
+    is named with the stage that writes it. Each file is read again only after `load` failed, to find the culprit."""
+    require(paths, *files)
+    try:
+        return load()
+    except (OSError, ValueError) as error:
+        for path in files:
+            reason = _read_error(path)
+            if reason is not None:
+                raise ValueError(f"{path} cannot be read ({reason}){_rerun(paths, path, 'rerun')}") from error
+        raise
+
+
+def _read_error(path: Path) -> str | None:
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".parquet":
+            import pyarrow.parquet  # only when a load has failed: most stages never read a table
+
+            pyarrow.parquet.read_table(path)
+        else:
+            path.read_bytes()
+    except (OSError, ValueError) as error:
+        return _one_line(str(error))
+    return None

@@ -12,6 +12,7 @@ from pipeline.paths import Paths
 
 
 def run(cfg: Config, paths: Paths) -> dict:
+    stage.require(paths, paths.train_records(paths.raw))
     detector = detector_from_config(cfg.align)
     summary = align_dataset(
         paths.raw, paths.aligned, cfg.align.crop_size, skip_corrupt=cfg.data.skip_corrupt,

@@ -19,6 +19,7 @@ from pipeline.runs import file_digest, load_backbone, seed_dir, train_recipe
 
 def run(cfg: Config, paths: Paths) -> dict:
     train_dir = paths.train_records(paths.aligned)
+    stage.require(paths, train_dir)
     meta = read_metadata(train_dir)
     labels = meta["label"].to_numpy()
     noisy = meta["noisy"].to_numpy(bool)

@@ -11,6 +11,7 @@ from pipeline.runs import train_recipe
 def run(cfg: Config, paths: Paths) -> None:
     if not cfg.distill.enabled:
         raise ValueError("distill.enabled is false: remove the distill stage or enable it")
+    stage.require(paths, paths.train_records(paths.aligned), paths.manifest)
     for seed in cfg.seeds:
         train_recipe(cfg, paths, TEACHER, seed)
         train_recipe(cfg, paths, STUDENT, seed)

@@ -29,6 +29,9 @@ def run(cfg: Config, paths: Paths, model: str) -> dict:
     recipe = recipes(cfg).get(model)
     if recipe is None:
         raise KeyError(f"model {model!r} is not trained by this profile; known: {', '.join(recipes(cfg))}")
+    trained = [seed_dir(paths, model, seed) / name for seed in cfg.seeds for name in ("model.pt", "train.json")]
+    held_out = [paths.protocols] if cfg.protocols_for(model) else []
+    stage.require(paths, paths.benchmarks(paths.aligned), *trained, *held_out)
     device = resolve_device(cfg.train.device)
     benchmarks = {d.name: load_benchmark_arrays(d) for d in sorted(paths.benchmarks(paths.aligned).iterdir())}
     protocols = {**benchmarks, **_held_out_protocols(cfg, paths, model)}

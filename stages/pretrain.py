@@ -10,6 +10,7 @@ from pipeline.train import distributed
 
 
 def run(cfg: Config, paths: Paths) -> None:
+    stage.require(paths, paths.train_records(paths.aligned), paths.manifest)
     try:
         for seed in cfg.seeds:
             train_recipe(cfg, paths, PRETRAIN, seed)

@@ -17,13 +17,14 @@ from pipeline.config import Config  # noqa: E402
 from pipeline.paths import Paths  # noqa: E402
 from pipeline.runs import experiment_of, seed_dir, seed_identity  # noqa: E402
 from pipeline.tracking import experiment_addresses, mirror_recipe_metrics  # noqa: E402
+from stages.table import evaluation_files  # noqa: E402
 
 MLFLOW_UI = "http://127.0.0.1:5000"
 OUTPUTS = ["reports/seed_noise.md", "reports/figures/curves.png"]  # and the curves' CSVs, declared as plots
 
 
 def run(cfg: Config, paths: Paths) -> None:
-    evaluations = report.load_evaluations(cfg, paths)
+    evaluations = stage.read_inputs(paths, evaluation_files(cfg, paths), lambda: report.load_evaluations(cfg, paths))
     names, benchmarks, alpha = list(evaluations.reports), evaluations.benchmarks, cfg.evaluate.alpha
     cells = {
         (n, b): report.cell(evaluations.reports[n], evaluations.per_pair[n], b, evaluations.metric, alpha).estimate

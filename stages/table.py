@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from pipeline import report, stage
 from pipeline.atomic_io import atomic_path, write_text_atomic
 from pipeline.config import Config
 from pipeline.paths import Paths
+from pipeline.recipes import trained_models
 
 
 def outputs(table: str) -> list[str]:
@@ -20,15 +22,25 @@ def run(cfg: Config, paths: Paths, table: str) -> None:
     if table not in cfg.tables:
         raise KeyError(f"table {table!r} is not in params tables; known: {', '.join(cfg.tables)}")
     spec = cfg.tables[table]
-    evaluations = report.load_evaluations(cfg, paths)
+    evaluations = stage.read_inputs(paths, evaluation_files(cfg, paths), lambda: report.load_evaluations(cfg, paths))
     result = report.build_table(spec, evaluations, cfg.evaluate.alpha)
     uncleaned = any(not evaluations.cleaned[name] for name in spec.rows)
-    cleaning = json.loads((paths.reports / "cleaning.json").read_text()) if uncleaned else None
+    cleaning = None
+    if uncleaned:
+        source = paths.reports / "cleaning.json"
+        cleaning = stage.read_inputs(paths, [source], lambda: json.loads(source.read_text()))
     write_text_atomic(paths.reports / f"{table}.md", report.document(cfg, spec, result, evaluations, cleaning))
     with atomic_path(paths.reports / f"{table}_tests.csv") as staged:
         result.tests.to_csv(staged, index=False)
     with atomic_path(paths.reports / f"{table}.csv") as staged:
         result.frame.drop(columns=[c for c in result.frame.columns if c.endswith(" text")]).to_csv(staged, index=False)
+
+
+def evaluation_files(cfg: Config, paths: Paths) -> list[Path]:
+    """What report.load_evaluations reads: every trained model's metrics and per-pair results (stage evaluate)."""
+    return [
+        path for name in trained_models(cfg) for path in (paths.metrics("eval", name), paths.eval_dir(name) / "pairs.parquet")
+    ]
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,14 +4,16 @@ from __future__ import annotations
 import argparse
 
 from pipeline import stage
-from pipeline.config import Config
+from pipeline.config import PRETRAIN, Config
 from pipeline.paths import Paths
-from pipeline.runs import train_recipe
+from pipeline.runs import seed_dir, train_recipe
 from pipeline.train import distributed
 
 
 def run(cfg: Config, paths: Paths, row: str) -> None:
-    cfg.row(row)  # a clear error for an unknown row
+    init = cfg.row(row).init  # a clear error for an unknown row
+    starts = [seed_dir(paths, PRETRAIN, seed) / "model.pt" for seed in cfg.seeds] if init == "pretrain" else []
+    stage.require(paths, paths.train_records(paths.aligned), paths.manifest, *starts)
     try:
         for seed in cfg.seeds:
             train_recipe(cfg, paths, row, seed)

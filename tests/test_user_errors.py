@@ -1,8 +1,9 @@
 """Issue 25, item 3: what a new user met. A stage that fails for a reason the user can fix (memory, a full disk,
-Ctrl-C) ends with one line that says what to do, not a traceback."""
+Ctrl-C, a missing or damaged input) ends with one line that says what to do, not a traceback."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import sys
@@ -10,14 +11,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
 
-from pipeline import stage
+from pipeline import config, stage
 from pipeline.config import PROJECT_ROOT
 from pipeline.data import records
-from stages import synthesize, train
+from pipeline.paths import Paths
+from pipeline.recipes import trained_models
+from stages import align, clean, distill, evaluate, pretrain, report, synthesize, table, train
 
 
 @pytest.fixture()
@@ -131,3 +135,116 @@ def test_a_fault_in_the_code_keeps_its_traceback(smoke, entry_point):
 
     with pytest.raises(TypeError, match="a bug"):
         entry_point("align", run, ["--params", path])
+
+
+# --- an earlier stage's output: missing, or damaged ---------------------------------------------------------------
+
+
+def make_dirs(*paths: Path) -> None:
+    for path in paths:
+        path.mkdir(parents=True, exist_ok=True)
+
+
+def touch(*paths: Path) -> None:
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+
+
+MISSING = {  # stage: (its run's keyword arguments, what exists already, the path it misses, the stage writing it)
+    "align": ({}, lambda p: None, "data/raw/train", "synthesize"),
+    "clean": ({}, lambda p: None, "data/aligned/train", "align"),
+    "pretrain": ({}, lambda p: make_dirs(p.aligned / "train"), "data/clean/manifest.parquet", "clean"),
+    "train": ({"row": "li_arcface_m040_ns"}, lambda p: (make_dirs(p.aligned / "train"), touch(p.manifest)),
+              "data/models/pretrain/seed0/model.pt", "pretrain"),
+    "distill": ({}, lambda p: None, "data/aligned/train", "align"),
+    "evaluate": ({"model": "cosface"}, lambda p: make_dirs(p.aligned / "benchmarks"),
+                 "data/models/cosface/seed0/model.pt", "train@cosface"),
+    "table": ({"table": "table3"}, lambda p: None, "reports/metrics/eval/pretrain.json", "evaluate_models@pretrain"),
+    "report": ({}, lambda p: None, "reports/metrics/eval/pretrain.json", "evaluate_models@pretrain"),
+}
+STAGES = {"align": align, "clean": clean, "pretrain": pretrain, "train": train, "distill": distill,
+          "evaluate": evaluate, "table": table, "report": report}
+
+
+@pytest.mark.parametrize("name", sorted(MISSING))
+def test_a_missing_input_names_the_stage_that_writes_it(smoke, name):
+    path, _ = smoke
+    paths = Paths(path.parent)
+    arguments, present, missing, writer = MISSING[name]
+    present(paths)
+    with pytest.raises(FileNotFoundError) as found:
+        STAGES[name].run(config.load(path), paths, **arguments)
+    assert str(found.value) == f"{paths.root / missing} is missing; stage {writer} writes it: run `dvc repro {writer}`"
+
+
+def test_the_entry_point_prints_the_missing_input_in_one_line(smoke, entry_point):
+    path, _ = smoke
+    code, stderr = entry_point("pretrain", pretrain.run, ["--params", path])
+    assert code == 1 and one_line(stderr) == (
+        f"stage pretrain failed: {path.parent / 'data/aligned/train'} is missing; stage align writes it: "
+        "run `dvc repro align`"
+    )
+
+
+def dvc_stages(raw: dict) -> dict[str, dict]:
+    """dvc.yaml's stages with each foreach expanded as DVC names them (`train@cosface`)."""
+    expanded = {}
+    for name, spec in yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"].items():
+        if "foreach" not in spec:
+            expanded[name] = spec
+            continue
+        items = spec["foreach"] if isinstance(spec["foreach"], list) else list(raw[spec["foreach"].strip("${}")])
+        for item in items:
+            text = json.dumps(spec["do"]).replace("${key}", item).replace("${item}", item)
+            expanded[f"{name}@{item}"] = json.loads(text)
+    return expanded
+
+
+def test_the_writer_of_every_output_a_stage_reads_is_the_one_dvc_yaml_names():
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    stages = dvc_stages(raw)
+    deps = {Path(dep) for spec in stages.values() for dep in spec.get("deps", [])}
+    paths = Paths(Path("/project"))
+    checked = 0
+    for name, spec in stages.items():
+        for out in spec.get("outs", []):
+            out = Path(next(iter(out)) if isinstance(out, dict) else out)
+            if any(dep == out or dep in out.parents or out in dep.parents for dep in deps):
+                assert stage.writer(paths, paths.root / out / "file") == name, out
+                checked += 1
+    assert checked > 2 * len(raw["rows"])  # every model and evaluation among them
+    assert stage.writer(paths, Path("/elsewhere/file")) is None
+
+
+def fake_evaluations(cfg, paths) -> None:
+    """What load_evaluations reads, for every trained model: its metrics JSON and its per-pair table."""
+    frame = pd.DataFrame({"seed": [0], "benchmark": ["synth-lfw"], "pair": [0], "correct": [True]})
+    for name in trained_models(cfg):
+        paths.metrics("eval", name).parent.mkdir(parents=True, exist_ok=True)
+        paths.metrics("eval", name).write_text(json.dumps({"model": name, "seeds": {}}))
+        paths.eval_dir(name).mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(paths.eval_dir(name) / "pairs.parquet", index=False)
+
+
+def cut_short(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def overwritten_inside(path: Path) -> None:
+    data = bytearray(path.read_bytes())  # the footer's schema garbled: pyarrow raised OSError and a 37-line trace
+    data[200:-300] = bytes(b ^ 0x5A for b in data[200:-300])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("file, damage", [("pairs", cut_short), ("pairs", overwritten_inside), ("metrics", cut_short)])
+def test_a_damaged_evaluation_names_the_file_and_the_stage_to_rerun(smoke, entry_point, file, damage):
+    path, _ = smoke
+    paths = Paths(path.parent)
+    fake_evaluations(config.load(path), paths)
+    damaged = paths.eval_dir("cosface") / "pairs.parquet" if file == "pairs" else paths.metrics("eval", "cosface")
+    damage(damaged)
+    code, stderr = entry_point("table", table.run, ["--params", path, "--table", "table3"], table._arguments)
+    line = one_line(stderr)
+    assert code == 1 and line.startswith(f"stage table failed: {damaged} cannot be read ("), line
+    assert line.endswith("; stage evaluate@cosface writes it: rerun `dvc repro evaluate@cosface`"), line
