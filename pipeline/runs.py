@@ -230,12 +230,15 @@ def train_recipe(cfg: Config, paths: Paths, name: str, seed: int, stop_after: in
         distill_weight=recipe.distill_weight,
         description=description,
     )
+    resuming = resumable(out_dir, description)  # judged once: train() would otherwise judge (and log) it again
     tracker: Tracker = NullTracker()
     if distributed.writes(ctx):  # rank 0 alone tracks
-        tracker = start_tracker(cfg, paths, recipe, seed, description, resuming=resumable(out_dir, description))
+        tracker = start_tracker(cfg, paths, recipe, seed, description, resuming=resuming)
     curve_fn = make_curve_fn(cfg, paths, device) if cfg.train.curve_every and distributed.writes(ctx) else None
     try:
-        result = train(job, dataset, out_dir, tracker=tracker, curve_fn=curve_fn, stop_after=stop_after)
+        result = train(
+            job, dataset, out_dir, tracker=tracker, curve_fn=curve_fn, stop_after=stop_after, resume=resuming
+        )
     except (KeyboardInterrupt, SystemExit):  # SIGINT, or SIGTERM as the stage entry point turns it
         tracker.end("KILLED")
         raise

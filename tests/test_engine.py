@@ -1,5 +1,6 @@
 """The training engine: bitwise-exact resume, the divergence guard, weight-decay groups, the schedule."""
 import json
+import logging
 import math
 
 import numpy as np
@@ -99,6 +100,35 @@ def test_checkpoint_of_another_job_is_not_resumed(tmp_path):
     other.description = {"test": "other"}
     result = train(other, data, tmp_path / "run")
     assert result.steps == 6
+
+
+def test_a_checkpoint_that_cannot_be_read_is_trained_over_and_the_log_names_it(tmp_path, caplog):
+    """Issue 25: a truncated checkpoint.pt stopped the stage ("cannot be read") with nothing to do about it. It holds
+    nothing to continue, so the run starts over, as for another job's checkpoint; a fresh start is bitwise the
+    uninterrupted run, and the new run's first checkpoint replaces the damaged file."""
+    data = tiny_dataset()
+    train(make_job(), data, tmp_path / "whole")
+    train(make_job(), data, tmp_path / "cut", stop_after=5)
+    damaged = tmp_path / "cut" / "checkpoint.pt"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    with caplog.at_level(logging.INFO, logger="facerepro.train"):
+        result = train(make_job(), data, tmp_path / "cut")
+    assert result.steps == 8
+    assert json.loads((tmp_path / "cut" / "train.json").read_text())["resumed_from_steps"] == []
+    a, b = weights(tmp_path / "whole" / "model.pt"), weights(tmp_path / "cut" / "model.pt")
+    assert all(torch.equal(a[part][key], b[part][key]) for part in ("backbone", "head") for key in a[part])
+    [line] = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert line.startswith(f"checkpoint {damaged} cannot be read: ") and line.endswith(": training starts over"), line
+
+
+def test_the_resume_log_names_each_changed_key_with_its_values():
+    saved = {"iterations": 8, "train": {"lr": 0.1, "momentum": 0.9, "amp": "none"}, "code": "abc", "data": "d1"}
+    wanted = {"iterations": 8, "train": {"lr": 0.05, "momentum": 0.9, "amp": "bf16"}, "code": "abd", "init": "x"}
+    assert engine.identity_changes(saved, wanted) == [
+        "code: 'abc' -> 'abd'", "data: 'd1' -> absent", "init: absent -> 'x'", "train.amp: 'none' -> 'bf16'",
+        "train.lr: 0.1 -> 0.05",
+    ]
+    assert engine.identity_changes(saved, saved) == []
 
 
 def test_divergence_is_recorded_not_raised(tmp_path):

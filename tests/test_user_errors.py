@@ -1,9 +1,11 @@
 """Issue 25, item 3: what a new user met. A stage that fails for a reason the user can fix (memory, a full disk,
-Ctrl-C, a missing or damaged input) ends with one line that says what to do, not a traceback."""
+Ctrl-C, a missing or damaged input) ends with one line that says what to do, not a traceback; a resume says which
+parameters changed, once."""
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
 import sys
@@ -19,8 +21,11 @@ import yaml
 from pipeline import config, stage
 from pipeline.config import PROJECT_ROOT
 from pipeline.data import records
+from pipeline.data.images import encode_png
+from pipeline.data.records import NO_LANDMARKS, FaceRecord, write_records
 from pipeline.paths import Paths
 from pipeline.recipes import trained_models
+from pipeline.runs import train_recipe
 from stages import align, clean, distill, evaluate, pretrain, report, synthesize, table, train
 
 
@@ -248,3 +253,39 @@ def test_a_damaged_evaluation_names_the_file_and_the_stage_to_rerun(smoke, entry
     line = one_line(stderr)
     assert code == 1 and line.startswith(f"stage table failed: {damaged} cannot be read ("), line
     assert line.endswith("; stage evaluate@cosface writes it: rerun `dvc repro evaluate@cosface`"), line
+
+
+# --- resume messages ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def tiny_project(smoke):
+    """Aligned training records and a manifest keeping them all: enough for runs.train_recipe at 32 px."""
+    path, raw = smoke
+    raw["profiles"]["smoke"]["train"].update(
+        iterations=4, checkpoint_every=2, curve_every=0, compile="none", num_workers=0, batch_size=8
+    )
+    raw["tracking"]["enabled"] = False
+    path.write_text(yaml.safe_dump(raw))
+    paths = Paths(path.parent)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    write_records(paths.train_records(paths.aligned), [
+        FaceRecord(encode_png(image), i % 4, NO_LANDMARKS.copy(), f"{i}.png") for i, image in enumerate(images)
+    ])
+    paths.manifest.parent.mkdir(parents=True)
+    pd.DataFrame({"kept": [True] * 16}).to_parquet(paths.manifest, index=False)
+    return path, raw, paths
+
+
+def test_a_changed_parameter_is_named_with_its_values_once(tiny_project, caplog):
+    path, raw, paths = tiny_project
+    cfg = config.load(path)
+    train_recipe(cfg, paths, "cosface", 0, stop_after=3)  # stops with the step-2 checkpoint
+    raw["profiles"]["smoke"]["train"]["lr"] = 0.0123
+    path.write_text(yaml.safe_dump(raw))
+    with caplog.at_level(logging.INFO, logger="facerepro.train"):
+        train_recipe(config.load(path), paths, "cosface", 0, stop_after=1)
+    lines = [r.getMessage() for r in caplog.records if "written by another job" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert f"train.lr: {cfg.train.lr!r} -> 0.0123" in lines[0] and "starts over" in lines[0], lines[0]

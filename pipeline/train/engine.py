@@ -81,17 +81,43 @@ class _Projection(nn.Module):
 
 
 def resumable(out_dir: Path, description: dict[str, Any]) -> bool:
-    """True when `out_dir` holds an unfinished run of this very job; a checkpoint of another job is left alone (and
-    overwritten by the new run's first checkpoint), with a log line naming what differs."""
+    """True when `out_dir` holds an unfinished run of this very job; a checkpoint of another job, or one that cannot
+    be read (cut short, overwritten), is left alone (and overwritten by the new run's first checkpoint), with a log
+    line naming what differs or why it cannot be read. Starting over is exact: training is deterministic."""
     path = out_dir / "checkpoint.pt"
     if not path.is_file():
         return False
-    saved = checkpoint.load(path).get("description") or {}
+    try:
+        saved = checkpoint.load(path).get("description") or {}
+    except ValueError as error:  # checkpoint.load's message names the file and what the reader met
+        log.warning("%s: training starts over", error)
+        return False
     if saved == description:
         return True
-    changed = sorted(key for key in saved.keys() | description.keys() if saved.get(key) != description.get(key))
-    log.info("%s was written by another job (%s differ): training starts over", path, ", ".join(changed))
+    sections = sorted(key for key in saved.keys() | description.keys() if saved.get(key) != description.get(key))
+    changes = ", ".join(identity_changes(saved, description))
+    log.info("%s was written by another job (%s differ: %s): training starts over", path, ", ".join(sections), changes)
     return False
+
+
+_ABSENT = object()
+
+
+def identity_changes(saved: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
+    """`dotted.key: old -> new` for every value that differs between two nested job descriptions, by key."""
+    changes = []
+    for key in sorted(saved.keys() | wanted.keys()):
+        old, new = saved.get(key, _ABSENT), wanted.get(key, _ABSENT)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += identity_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key}: {_shown(old)} -> {_shown(new)}")
+    return changes
+
+
+def _shown(value: Any) -> str:
+    text = "absent" if value is _ABSENT else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _autocast(device: torch.device, amp: str):
@@ -156,11 +182,13 @@ def train(
     tracker: Tracker | None = None,
     curve_fn: CurveFn | None = None,
     stop_after: int | None = None,
+    resume: bool | None = None,
 ) -> TrainResult:
     """Train to `job.train.iterations` steps, resuming from `out_dir/checkpoint.pt` if it is there.
 
     Writes `out_dir/model.pt` (final weights) and `out_dir/train.json`. `stop_after` ends the process-equivalent
-    early (for resume tests) without writing the final model.
+    early (for resume tests) without writing the final model. `resume`: the caller's `resumable(out_dir,
+    job.description)`, so that the checkpoint is judged (and why not logged) once; None judges it here.
     """
     cfg = job.train
     tracker = tracker or NullTracker()
@@ -193,7 +221,9 @@ def train(
     trainable = [p for g in groups for p in g["params"]]
 
     start_step, history = 0, {"last_finite": {}, "seconds": 0.0, "images": 0}
-    if resumable(out_dir, job.description):  # every rank loads rank 0's checkpoint (a shared file system)
+    if resume is None:
+        resume = resumable(out_dir, job.description)
+    if resume:  # every rank loads rank 0's checkpoint (a shared file system)
         state = checkpoint.load(ckpt_path, map_location=device)
         backbone.load_state_dict(state["backbone"])
         if projection is not None:
