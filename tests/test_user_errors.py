@@ -1,6 +1,6 @@
 """Issue 25, item 3: what a new user met. A stage that fails for a reason the user can fix (memory, a full disk,
 Ctrl-C, a missing or damaged input) ends with one line that says what to do, not a traceback; a resume says which
-parameters changed, once."""
+parameters changed, once; `scripts/reproduce-profile` refuses an unknown profile without leaving a clone."""
 from __future__ import annotations
 
 import errno
@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from pipeline.paths import Paths
 from pipeline.recipes import trained_models
 from pipeline.runs import train_recipe
 from stages import align, clean, distill, evaluate, pretrain, report, synthesize, table, train
+from tests.test_resume_pipeline import copy_project
 
 
 @pytest.fixture()
@@ -289,3 +291,25 @@ def test_a_changed_parameter_is_named_with_its_values_once(tiny_project, caplog)
     lines = [r.getMessage() for r in caplog.records if "written by another job" in r.getMessage()]
     assert len(lines) == 1, lines
     assert f"train.lr: {cfg.train.lr!r} -> 0.0123" in lines[0] and "starts over" in lines[0], lines[0]
+
+
+# --- scripts/reproduce-profile ---------------------------------------------------------------------------------------
+
+
+def test_reproduce_profile_refuses_an_unknown_profile_before_cloning(tmp_path):
+    project = tmp_path / "project"
+    copy_project(project)
+    (project / "scripts" / "setup").write_text("#!/usr/bin/env bash\n")  # the test's interpreter is installed
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=project, check=True, capture_output=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(["bash", "scripts/reproduce-profile", "smoak"], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert one_line(result.stderr) == (
+        "reproduce-profile: params.yaml: profile 'smoak' is not defined under profiles "
+        f"(known: {', '.join(yaml.safe_load((project / 'params.yaml').read_text())['profiles'])})"
+    )
+    assert not (project / "data" / "profiles").exists() or not any((project / "data" / "profiles").iterdir())
