@@ -265,7 +265,7 @@ def test_a_table_cannot_show_the_distillation_when_it_is_off(raw):
     assert "distill" not in config.resolve(raw, "cpu").tables
 
 
-# --- issue 25, item 3: what the typed config accepted and a later stage refused or misread -----------------------------
+# --- what the typed config accepted and a later stage refused or misread -----------------------------
 
 
 def test_a_seed_listed_twice_is_refused(raw):

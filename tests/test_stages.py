@@ -145,7 +145,7 @@ def test_a_bad_held_out_protocol_is_named_by_validate(tmp_path, smoke_params):
         assert result.returncode == 1 and named in result.stderr, (bad, result.stderr)
 
 
-# --- issue 25, item 3: validate builds what a run will build, so a typo stops `dvc repro` before any stage -----------
+# --- validate builds what a run will build, so a typo stops `dvc repro` before any stage -----------
 
 
 def test_validate_refuses_what_only_a_later_stage_read_with_one_line_and_writes_nothing(tmp_path, smoke_params):

@@ -1,4 +1,4 @@
-"""Stage validate's checks beyond the typed config (issue 25, item 3): what a stage would refuse minutes or hours later
+"""Stage validate's checks beyond the typed config (pipeline.preflight): what a stage would refuse minutes or hours later
 is refused here, before DVC removes any stage's outputs, with the parameter's dotted path in the message."""
 from __future__ import annotations
 
@@ -8,25 +8,24 @@ import pytest
 import torch
 import yaml
 
-from pipeline import config
+from pipeline import config, preflight
 from pipeline.heads import HEADS, margin_names
-from stages import validate
 
 GIB = 2**30
-CPU_ONLY = validate.Machine(memory_bytes=24 * GIB, cuda_memory_bytes=())
-ONE_GPU = validate.Machine(memory_bytes=128 * GIB, cuda_memory_bytes=(80 * GIB,))
+CPU_ONLY = preflight.Machine(memory_bytes=24 * GIB, cuda_memory_bytes=())
+ONE_GPU = preflight.Machine(memory_bytes=128 * GIB, cuda_memory_bytes=(80 * GIB,))
 RAW = yaml.safe_load((config.PROJECT_ROOT / "params.yaml").read_text())
 
 
-def check(raw: dict, profile: str = "smoke", machine: validate.Machine = CPU_ONLY) -> None:
-    validate.check(config.resolve(raw, profile), machine)
+def check(raw: dict, profile: str = "smoke", machine: preflight.Machine = CPU_ONLY) -> None:
+    preflight.check(config.resolve(raw, profile), machine)
 
 
 def smoke(raw: dict) -> dict:
     return raw["profiles"]["smoke"]
 
 
-def refused(change, match: str, machine: validate.Machine = CPU_ONLY) -> str:
+def refused(change, match: str, machine: preflight.Machine = CPU_ONLY) -> str:
     raw = copy.deepcopy(RAW)
     change(raw)
     with pytest.raises(ValueError, match=match) as caught:
@@ -142,7 +141,7 @@ def test_a_cuda_device_index_the_machine_lacks_is_refused():
 
 
 def test_this_machine_reports_its_memory_and_cuda_devices():
-    machine = validate.this_machine()
+    machine = preflight.this_machine()
     assert machine.memory_bytes > GIB
     assert len(machine.cuda_memory_bytes) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
@@ -206,11 +205,11 @@ def test_the_memory_bound_is_the_cuda_devices_where_training_runs_there():
         smoke(raw)["align"]["crop_size"] = 1024
 
     refused(change, r"more than the 4.0 GiB of CUDA device cuda:0",
-            machine=validate.Machine(memory_bytes=1024 * GIB, cuda_memory_bytes=(4 * GIB,)))
+            machine=preflight.Machine(memory_bytes=1024 * GIB, cuda_memory_bytes=(4 * GIB,)))
 
 
 def test_the_activation_bound_counts_every_convolution_and_linear_output():
     with torch.device("meta"):
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.BatchNorm2d(4),
                                   torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 5))
-    assert validate.activation_bytes(net, batch_size=6, crop_size=16, element_bytes=2) == 6 * (4 * 8 * 8 + 5) * 2
+    assert preflight.activation_bytes(net, batch_size=6, crop_size=16, element_bytes=2) == 6 * (4 * 8 * 8 + 5) * 2
