@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import report, seed_noise
-from pipeline.atomic_io import atomic_path, write_text_atomic
+from pipeline.atomic_io import write_text_atomic
 from pipeline.run_statistics import CellEstimate, DifferenceSummary, binomial_floor, rate_interval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,14 +114,16 @@ def rejudge(name: str, reports: Path, alpha: float = ALPHA) -> Rejudged:
 
 def survivors_markdown(done: Rejudged) -> str:
     """The earlier test's verdicts beside today's, comparison by comparison (only those that had one, or have one)."""
-    now = done.result.tests
-    decided = {"A better", "B better"}
+
+    def decided(verdict: str) -> str:
+        return verdict if verdict in ("A better", "B better") else "not resolved"
+
     lines = ["| A | B | benchmark | A − B | earlier verdict (Welch–Satterthwaite df) | now |", "|---|---|---|---:|---|---|"]
-    for (_, before), (_, after) in zip(done.earlier.iterrows(), now.iterrows(), strict=True):
-        if before["verdict"] in decided or after["verdict"] in decided:
-            kept = after["verdict"] if after["verdict"] in decided else "not resolved"
+    for (_, before), (_, after) in zip(done.earlier.iterrows(), done.result.tests.iterrows(), strict=True):
+        then, now = decided(before["verdict"]), decided(after["verdict"])
+        if then != "not resolved" or now != "not resolved":
             lines.append(f"| {done.result.labels[after['a']]} | {done.result.labels[after['b']]} | {after['benchmark']} | "
-                         f"{after['delta']:+.2f} | {before['verdict'] if before['verdict'] in decided else 'not resolved'} | {kept} |")
+                         f"{after['delta']:+.2f} | {then} | {now} |")
     if len(lines) == 2:
         return "Neither test resolves any comparison of this table.\n"
     return "\n".join(lines) + "\n"
@@ -135,9 +137,6 @@ def _replace_block(text: str, header_start: str, block: str) -> str:
     return "\n".join([*lines[:start], block.rstrip("\n"), *lines[end:]])
 
 
-EARLIER_TEST = "Re-judged"
-
-
 def rewrite_document(text: str, done: Rejudged, alpha: float) -> str:
     """The committed document with today's cells, test explanation, tests and the survivors' list."""
     result = done.result
@@ -148,7 +147,7 @@ def rewrite_document(text: str, done: Rejudged, alpha: float) -> str:
     text = re.sub(r"Which differences are real\..*?\n", lambda _: report.comparisons_paragraph(len(result.tests), alpha) + "\n", text, count=1)
     text = _replace_block(text, "| A | B | benchmark | A − B (points)", report.comparisons_markdown(result.tests, result.labels))
     return text.rstrip("\n") + "\n\n" + "\n".join([
-        f"{EARLIER_TEST} on 2026-12-07 from the committed per-seed figures (`python -m pipeline.rejudge`): the "
+        "Re-judged on 2026-12-07 from the committed per-seed figures (`python -m pipeline.rejudge`): the "
         "comparisons' statistics are exact and each cell keeps its half width on the logit scale; the models "
         "were not re-evaluated. Which verdicts of the earlier test (plug-in Welch–Satterthwaite df, which at Holm's "
         "tail claimed a difference in about half of the tables where none exists) survive:",
@@ -164,10 +163,7 @@ def main() -> None:
     reports = ROOT / "reports"
     done = [rejudge(name, reports) for name in args.tables]
     for item in done:
-        with atomic_path(reports / f"{item.name}.csv") as staged:
-            item.result.frame.drop(columns=[c for c in item.result.frame.columns if c.endswith(" text")]).to_csv(staged, index=False)
-        with atomic_path(reports / f"{item.name}_tests.csv") as staged:
-            item.result.tests.to_csv(staged, index=False)
+        report.write_csvs(item.result, reports, item.name)
         path = reports / f"{item.name}.md"
         write_text_atomic(path, rewrite_document(path.read_text(), item, ALPHA))
         decided = item.result.tests["verdict"].isin(["A better", "B better"]).sum()

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pipeline.atomic_io import atomic_path
 from pipeline.config import Config, TableConfig
 from pipeline.evaluate.significance import holm_bonferroni
 from pipeline.paths import Paths
@@ -140,6 +142,14 @@ def comparison_frame(
     frame["p_holm"] = holm_bonferroni(frame["p"].to_numpy()) if len(frame) else []
     frame["verdict"] = [verdict(c, float(p), alpha) for c, p in zip(found, frame["p_holm"])]
     return frame[COMPARISON_COLUMNS], found
+
+
+def write_csvs(result: TableResult, reports: Path, table: str) -> None:
+    """A table's two CSVs, each written whole or not at all: its rows (without the Markdown cell texts) and its tests."""
+    with atomic_path(reports / f"{table}_tests.csv") as staged:
+        result.tests.to_csv(staged, index=False)
+    with atomic_path(reports / f"{table}.csv") as staged:
+        result.frame.drop(columns=[c for c in result.frame.columns if c.endswith(" text")]).to_csv(staged, index=False)
 
 
 def planned_comparisons(spec: TableConfig) -> list[tuple[str, str]]:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from pipeline import report, stage
-from pipeline.atomic_io import atomic_path, write_text_atomic
+from pipeline.atomic_io import write_text_atomic
 from pipeline.config import Config
 from pipeline.paths import Paths
 from pipeline.recipes import trained_models
@@ -30,10 +30,7 @@ def run(cfg: Config, paths: Paths, table: str) -> None:
         source = paths.reports / "cleaning.json"
         cleaning = stage.read_inputs(paths, [source], lambda: json.loads(source.read_text()))
     write_text_atomic(paths.reports / f"{table}.md", report.document(cfg, spec, result, evaluations, cleaning))
-    with atomic_path(paths.reports / f"{table}_tests.csv") as staged:
-        result.tests.to_csv(staged, index=False)
-    with atomic_path(paths.reports / f"{table}.csv") as staged:
-        result.frame.drop(columns=[c for c in result.frame.columns if c.endswith(" text")]).to_csv(staged, index=False)
+    report.write_csvs(result, paths.reports, table)
 
 
 def evaluation_files(cfg: Config, paths: Paths) -> list[Path]:
