@@ -249,16 +249,9 @@ def trigamma_inverse(y: ArrayLike) -> NDArray[np.float64]:
     return x
 
 
-def run_variance_prior(run_variances: ArrayLike, df: float) -> RunVariancePrior:
-    """d0 and s0^2 from a family's sample run variances, each on `df` degrees of freedom: the moments of
-    log s^2 (Smyth 2004, Sec. 6). NaN variances (a comparison with one seed) are left out."""
-    s2 = np.asarray(run_variances, dtype=np.float64)
-    prior_df, scale = family_priors(s2[np.isfinite(s2)][None, :], df)
-    return RunVariancePrior(float(prior_df[0]), float(scale[0]))
-
-
 def family_priors(run_variances: NDArray[np.float64], df: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """run_variance_prior of many families at once, (families x comparisons) -> (d0, s0^2): Smyth (2004, Sec. 6),
+    """Each family's prior from its sample run variances (each on `df` df), (families x comparisons) -> (d0, s0^2):
+    Smyth (2004, Sec. 6),
     E log s^2 = log s0^2 + digamma(d/2) - log(d/2) - digamma(d0/2) + log(d0/2), Var log s^2 = trigamma(d/2) +
     trigamma(d0/2), solved by moments.
 

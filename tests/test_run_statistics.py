@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from numpy.typing import NDArray
-from scipy import stats
+from scipy import special, stats
 
 from pipeline.run_statistics import (
-    PRIOR_WEIGHT_CAP, RunComparison, cell_estimate, compare_runs, holm_verdicts, pairing_gain, seeds_needed, verdict,
+    PRIOR_WEIGHT_CAP, RunComparison, cell_estimate, family_priors, family_tests, trigamma_inverse, compare_runs, holm_verdicts, pairing_gain, seeds_needed, verdict,
 )
 
 TABLES = 2000
@@ -438,3 +438,41 @@ def test_invalid_levels() -> None:
         cell_estimate(ones, alpha=1.0)
     with pytest.raises(ValueError, match="power"):
         compare_runs(ones, ones, power=0.3)
+
+
+# --- the empirical-Bayes prior against direct computations ------------------------------------------------------------
+
+
+def test_trigamma_inverse_inverts_scipys_trigamma() -> None:
+    x = np.array([0.05, 0.5, 1.0, 2.7, 10.0, 1e3])
+    assert trigamma_inverse(special.polygamma(1, x)) == pytest.approx(x, rel=1e-8)
+    with pytest.raises(ValueError, match="y > 0"):
+        trigamma_inverse([0.0])
+
+
+def test_family_prior_recovers_a_scaled_inverse_chi_square() -> None:
+    # true variances from the prior the method assumes (d0 = 6, s0^2 = 2), each seen through s^2 on 4 df
+    rng = np.random.default_rng(0)
+    d0, s0, d = 6.0, 2.0, 4.0
+    sigma2 = d0 * s0 / rng.chisquare(d0, (200, 400))
+    s2 = sigma2 * rng.chisquare(d, sigma2.shape) / d
+    prior_df, scale = family_priors(s2, d)
+    assert np.median(prior_df) == pytest.approx(d0, rel=0.15) and np.median(scale) == pytest.approx(s0, rel=0.05)
+    # with one variance for all (no spread beyond sampling) the prior is infinitely sure, its scale the log-mean
+    same = 2.0 * rng.chisquare(d, (1, 5000)) / d
+    assert family_priors(same, d)[0][0] == math.inf and family_priors(same, d)[1][0] == pytest.approx(2.0, rel=0.1)
+    assert (family_priors(s2[:, :2], d)[0] == 0).all()  # fewer than three comparisons: no prior
+
+
+def test_family_tests_against_the_moderated_t_written_out() -> None:
+    rng = np.random.default_rng(1)
+    delta, run, pair = rng.normal(0, 0.02, (1, 30)), 0.02**2 * rng.chisquare(4, (1, 30)) / 4, np.full((1, 30), 1e-5)
+    tests = family_tests(delta, run, pair, n_seeds=5)
+    d0, s0 = (float(v[0]) for v in family_priors(run, 4.0))
+    d0 = min(d0, PRIOR_WEIGHT_CAP * 4)
+    moderated = (d0 * s0 + 4 * run) / (d0 + 4)
+    se = np.sqrt(moderated / 5 + pair)
+    assert tests.df == pytest.approx(np.full((1, 30), 4 + d0))
+    assert tests.p == pytest.approx(2 * stats.t.sf(np.abs(delta / se), 4 + d0))
+    small = family_tests(delta[:, :6], run[:, :6], pair[:, :6], n_seeds=5)  # under MIN_FAMILY: the seeds' df alone
+    assert (small.df == 4).all() and small.p == pytest.approx(2 * stats.t.sf(np.abs(delta[:, :6] / np.sqrt(run[:, :6] / 5 + 1e-5)), 4))
