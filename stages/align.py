@@ -4,11 +4,11 @@ Landmarks are the record's own (synthetic ground truth) or, with `align.detector
 """
 from __future__ import annotations
 
-from pipeline import stage
-from pipeline.config import Config
+from pipeline.core import stage
+from pipeline.core.config import Config
 from pipeline.data.align_records import align_dataset, detector_from_config
-from pipeline.atomic_io import write_json_atomic
-from pipeline.paths import Paths
+from pipeline.core.atomic_io import write_json_atomic
+from pipeline.core.paths import Paths
 
 
 def run(cfg: Config, paths: Paths) -> dict:

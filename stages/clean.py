@@ -5,16 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline import clean, stage
-from pipeline.config import Config
+from pipeline.data import cleaning
+
+from pipeline.core import stage
+from pipeline.core.config import Config
 from pipeline.data.images import decode_image
 from pipeline.data.records import iter_records, read_metadata
-from pipeline.devices import resolve_device
+from pipeline.core.devices import resolve_device
 from pipeline.evaluate.embeddings import extract_embeddings
-from pipeline.atomic_io import atomic_path, write_json_atomic
-from pipeline.paths import Paths
-from pipeline.recipes import BOOTSTRAP
-from pipeline.runs import file_digest, load_backbone, seed_dir, train_recipe
+from pipeline.core.atomic_io import atomic_path, write_json_atomic
+from pipeline.core.paths import Paths
+from pipeline.experiment.recipes import BOOTSTRAP
+from pipeline.experiment.runs import file_digest, load_backbone, seed_dir, train_recipe
 
 
 def run(cfg: Config, paths: Paths) -> dict:
@@ -42,9 +44,9 @@ def run(cfg: Config, paths: Paths) -> dict:
         embeddings = extract_embeddings(
             backbone, images, cfg.evaluate.batch_size, device, channels_last=cfg.train.channels_last
         )
-        distances = 1.0 - clean.centre_cosines(embeddings, labels)
-        limits = clean.distance_limits(distances, labels, cfg.clean.method, cfg.clean.threshold)
-    kept = clean.keep_mask(distances, labels, limits, cfg.clean.min_images)
+        distances = 1.0 - cleaning.centre_cosines(embeddings, labels)
+        limits = cleaning.distance_limits(distances, labels, cfg.clean.method, cfg.clean.threshold)
+    kept = cleaning.keep_mask(distances, labels, limits, cfg.clean.min_images)
     manifest = pd.DataFrame(
         {
             "source": meta["source"],
@@ -60,7 +62,7 @@ def run(cfg: Config, paths: Paths) -> dict:
         manifest.assign(model_hash=model_hash, method=cfg.clean.method, threshold=cfg.clean.threshold).to_parquet(
             staged, index=False
         )
-    scores = clean.precision_recall(~kept, noisy)
+    scores = cleaning.precision_recall(~kept, noisy)
     report = {
         "method": cfg.clean.method,
         "threshold": cfg.clean.threshold,

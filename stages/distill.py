@@ -1,11 +1,11 @@
 """Stage distill: train the teacher, then the MobileFaceNet student with the teacher's embeddings as hints."""
 from __future__ import annotations
 
-from pipeline import stage
-from pipeline.config import Config
-from pipeline.paths import Paths
-from pipeline.recipes import STUDENT, TEACHER
-from pipeline.runs import train_recipe
+from pipeline.core import stage
+from pipeline.core.config import Config
+from pipeline.core.paths import Paths
+from pipeline.experiment.recipes import STUDENT, TEACHER
+from pipeline.experiment.runs import train_recipe
 
 
 def run(cfg: Config, paths: Paths) -> None:

@@ -11,18 +11,18 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline import stage
-from pipeline.config import Config
+from pipeline.core import stage
+from pipeline.core.config import Config
 from pipeline.data.identification_sets import IdentificationSet, is_identification_set, read_identification_set
 from pipeline.data.loader import load_benchmark_arrays
-from pipeline.devices import resolve_device
+from pipeline.core.devices import resolve_device
 from pipeline.evaluate.embeddings import evaluate_pairs
 from pipeline.evaluate.identification_set import identify
-from pipeline.atomic_io import atomic_path, write_json_atomic
-from pipeline.paths import Paths
-from pipeline.recipes import Recipe, recipes
-from pipeline.runs import experiment_of, identity_of, load_backbone, seed_dir, start_tracker
-from pipeline.tracking import MlflowTracker, Store, finished_seed_run, guarded
+from pipeline.core.atomic_io import atomic_path, write_json_atomic
+from pipeline.core.paths import Paths
+from pipeline.experiment.recipes import Recipe, recipes
+from pipeline.experiment.runs import experiment_of, identity_of, load_backbone, seed_dir, start_tracker
+from pipeline.core.tracking import MlflowTracker, Store, finished_seed_run, guarded
 
 
 def run(cfg: Config, paths: Paths, model: str) -> dict:
@@ -56,7 +56,7 @@ def run(cfg: Config, paths: Paths, model: str) -> dict:
                 per_pair.append(pd.DataFrame({"seed": seed, "benchmark": name, "pair": range(len(correct)),
                                               "correct": correct}))
             images = sum(len(data.images if isinstance(data, IdentificationSet) else data[0]) for data in protocols.values())
-            # for benchmarks/pipeline_time.py: every protocol's images embedded (twice with the flip test) and scored
+            # for bench/pipeline_time.py: every protocol's images embedded (twice with the flip test) and scored
             entry["timing"] = {"seconds": time.perf_counter() - started, "images": images,
                                "forward_passes": images * (2 if cfg.evaluate.flip else 1)}
         per_seed[str(seed)] = entry

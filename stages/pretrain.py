@@ -1,11 +1,11 @@
 """Stage pretrain: N-Softmax on the cleaned data — Table 3's N-Softmax row and the start of the "NS" rows."""
 from __future__ import annotations
 
-from pipeline import stage
-from pipeline.config import Config
-from pipeline.paths import Paths
-from pipeline.recipes import PRETRAIN
-from pipeline.runs import train_recipe
+from pipeline.core import stage
+from pipeline.core.config import Config
+from pipeline.core.paths import Paths
+from pipeline.experiment.recipes import PRETRAIN
+from pipeline.experiment.runs import train_recipe
 from pipeline.train import distributed
 
 

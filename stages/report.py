@@ -11,12 +11,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline import report, seed_noise, stage  # noqa: E402
-from pipeline.atomic_io import atomic_path, write_text_atomic  # noqa: E402
-from pipeline.config import Config  # noqa: E402
-from pipeline.paths import Paths  # noqa: E402
-from pipeline.runs import experiment_of, seed_dir, seed_identity  # noqa: E402
-from pipeline.tracking import experiment_addresses, mirror_recipe_metrics  # noqa: E402
+from pipeline.reporting import tables, seed_noise  # noqa: E402
+
+from pipeline.core import stage
+from pipeline.core.atomic_io import atomic_path, write_text_atomic  # noqa: E402
+from pipeline.core.config import Config  # noqa: E402
+from pipeline.core.paths import Paths  # noqa: E402
+from pipeline.experiment.runs import experiment_of, seed_dir, seed_identity  # noqa: E402
+from pipeline.core.tracking import experiment_addresses, mirror_recipe_metrics  # noqa: E402
 from stages.table import evaluation_files  # noqa: E402
 
 MLFLOW_UI = "http://127.0.0.1:5000"
@@ -24,13 +26,13 @@ OUTPUTS = ["reports/seed_noise.md", "reports/figures/curves.png"]  # and the cur
 
 
 def run(cfg: Config, paths: Paths) -> None:
-    evaluations = stage.read_inputs(paths, evaluation_files(cfg, paths), lambda: report.load_evaluations(cfg, paths))
+    evaluations = stage.read_inputs(paths, evaluation_files(cfg, paths), lambda: tables.load_evaluations(cfg, paths))
     names, benchmarks, alpha = list(evaluations.reports), evaluations.benchmarks, cfg.evaluate.alpha
     cells = {
-        (n, b): report.cell(evaluations.reports[n], evaluations.per_pair[n], b, evaluations.metric, alpha).estimate
+        (n, b): tables.cell(evaluations.reports[n], evaluations.per_pair[n], b, evaluations.metric, alpha).estimate
         for n in names for b in benchmarks
     }
-    results = [(spec, report.build_table(spec, evaluations, alpha)) for spec in cfg.tables.values()]
+    results = [(spec, tables.build_table(spec, evaluations, alpha)) for spec in cfg.tables.values()]
     sections = [seed_noise.section(spec.title, result, cells, result.benchmarks) for spec, result in results]
     write_text_atomic(paths.reports / "seed_noise.md", seed_noise.document(cfg, sections))
     _mirror(cfg, paths, evaluations.labels, cells, benchmarks)

@@ -1,11 +1,11 @@
 """Stage synthesize: write data/raw — the embedded synthetic benchmark, or the user's dataset converted to records."""
 from __future__ import annotations
 
-from pipeline import stage
-from pipeline.config import Config
+from pipeline.core import stage
+from pipeline.core.config import Config
 from pipeline.data import ingest
-from pipeline.atomic_io import write_json_atomic
-from pipeline.paths import Paths
+from pipeline.core.atomic_io import write_json_atomic
+from pipeline.core.paths import Paths
 
 
 def run(cfg: Config, paths: Paths) -> dict:

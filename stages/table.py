@@ -6,11 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline import report, stage
-from pipeline.atomic_io import write_text_atomic
-from pipeline.config import Config
-from pipeline.paths import Paths
-from pipeline.recipes import trained_models
+from pipeline.reporting import tables
+
+from pipeline.core import stage
+from pipeline.core.atomic_io import write_text_atomic
+from pipeline.core.config import Config
+from pipeline.core.paths import Paths
+from pipeline.experiment.recipes import trained_models
 
 
 def outputs(table: str) -> list[str]:
@@ -22,19 +24,19 @@ def run(cfg: Config, paths: Paths, table: str) -> None:
     if table not in cfg.tables:
         raise KeyError(f"table {table!r} is not in params tables; known: {', '.join(cfg.tables)}")
     spec = cfg.tables[table]
-    evaluations = stage.read_inputs(paths, evaluation_files(cfg, paths), lambda: report.load_evaluations(cfg, paths))
-    result = report.build_table(spec, evaluations, cfg.evaluate.alpha)
+    evaluations = stage.read_inputs(paths, evaluation_files(cfg, paths), lambda: tables.load_evaluations(cfg, paths))
+    result = tables.build_table(spec, evaluations, cfg.evaluate.alpha)
     uncleaned = any(not evaluations.cleaned[name] for name in spec.rows)
     cleaning = None
     if uncleaned:
         source = paths.reports / "cleaning.json"
         cleaning = stage.read_inputs(paths, [source], lambda: json.loads(source.read_text()))
-    write_text_atomic(paths.reports / f"{table}.md", report.document(cfg, spec, result, evaluations, cleaning))
-    report.write_csvs(result, paths.reports, table)
+    write_text_atomic(paths.reports / f"{table}.md", tables.document(cfg, spec, result, evaluations, cleaning))
+    tables.write_csvs(result, paths.reports, table)
 
 
 def evaluation_files(cfg: Config, paths: Paths) -> list[Path]:
-    """What report.load_evaluations reads: every trained model's metrics and per-pair results (stage evaluate)."""
+    """What tables.load_evaluations reads: every trained model's metrics and per-pair results (stage evaluate)."""
     return [
         path for name in trained_models(cfg) for path in (paths.metrics("eval", name), paths.eval_dir(name) / "pairs.parquet")
     ]

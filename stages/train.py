@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline import stage
-from pipeline.config import PRETRAIN, Config
-from pipeline.paths import Paths
-from pipeline.runs import seed_dir, train_recipe
+from pipeline.core import stage
+from pipeline.core.config import PRETRAIN, Config
+from pipeline.core.paths import Paths
+from pipeline.experiment.runs import seed_dir, train_recipe
 from pipeline.train import distributed
 
 

@@ -1,8 +1,8 @@
 """Stage validate: load params.yaml for the active profile and fail with one line if it is invalid.
 
 Every other stage depends on it, so a parameter a later stage would refuse must be refused here: once `dvc repro`
-runs a stage, DVC has removed that stage's outputs. Beyond the typed config (pipeline.config) it checks what only the
-stages read (pipeline.preflight): the synthetic spec and held-out protocols, devices against this machine, and every
+runs a stage, DVC has removed that stage's outputs. Beyond the typed config (pipeline.core.config) it checks what only the
+stages read (pipeline.experiment.preflight): the synthetic spec and held-out protocols, devices against this machine, and every
 model a run will build, on the meta device.
 
 Its outputs change only with what they say: reports/params_valid.txt has constant content, so stages that depend on
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 
-from pipeline import stage
-from pipeline.atomic_io import atomic_path, write_text_atomic
-from pipeline.config import Config
-from pipeline.paths import Paths
-from pipeline.preflight import check, this_machine
+from pipeline.core import stage
+from pipeline.core.atomic_io import atomic_path, write_text_atomic
+from pipeline.core.config import Config
+from pipeline.core.paths import Paths
+from pipeline.experiment.preflight import check, this_machine
 
 MARKER = "params.yaml valid\n"
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import map_coordinates
 
-from pipeline.align import ARCFACE_TEMPLATE_112, align, apply_transform, similarity_transform, template, warp
+from pipeline.data.align import ARCFACE_TEMPLATE_112, align, apply_transform, similarity_transform, template, warp
 
 
 def similarity(scale, angle, tx, ty):

@@ -5,8 +5,8 @@ import subprocess
 import sys
 import textwrap
 
-from pipeline import config
-from pipeline.atomic_io import atomic_path, sweep_staging, write_text_atomic
+from pipeline.core import config
+from pipeline.core.atomic_io import atomic_path, sweep_staging, write_text_atomic
 
 
 def staging(parent, name):
@@ -17,7 +17,7 @@ def test_a_killed_writers_staging_folder_is_swept_by_the_next_write(tmp_path):
     target = tmp_path / "aligned"
     script = textwrap.dedent(f"""
         import os, signal
-        from pipeline.atomic_io import atomic_path
+        from pipeline.core.atomic_io import atomic_path
         with atomic_path({str(target)!r}) as staged:
             staged.mkdir()
             (staged / "part").write_bytes(b"x" * 1000)

@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 
-from pipeline import clean
+from pipeline.data import cleaning
 
 
 def test_centre_cosines_against_direct_computation():
     rng = np.random.default_rng(0)
     embeddings = rng.normal(size=(30, 8))
     labels = rng.integers(0, 4, size=30)
-    got = clean.centre_cosines(embeddings, labels)
+    got = cleaning.centre_cosines(embeddings, labels)
     for i in range(30):
         members = embeddings[labels == labels[i]]
         centre = (members / np.linalg.norm(members, axis=1, keepdims=True)).mean(axis=0)
@@ -19,7 +19,7 @@ def test_centre_cosines_against_direct_computation():
 def test_class_spread_limits_are_mean_plus_k_std_per_class():
     distances = np.array([0.1, 0.2, 0.3, 0.5, 0.5, 0.9])
     labels = np.array([0, 0, 0, 1, 1, 1])
-    limits = clean.distance_limits(distances, labels, "class_spread", 1.0)
+    limits = cleaning.distance_limits(distances, labels, "class_spread", 1.0)
     first, second = distances[:3], distances[3:]
     assert limits[0] == pytest.approx(first.mean() + first.std())
     assert limits[5] == pytest.approx(second.mean() + second.std())
@@ -28,16 +28,16 @@ def test_class_spread_limits_are_mean_plus_k_std_per_class():
 def test_percentile_and_absolute_limits():
     distances = np.linspace(0, 1, 101)
     labels = np.zeros(101, dtype=int)
-    assert clean.distance_limits(distances, labels, "percentile", 90)[0] == pytest.approx(0.9)
-    assert (clean.distance_limits(distances, labels, "absolute", 0.25) == 0.25).all()
+    assert cleaning.distance_limits(distances, labels, "percentile", 90)[0] == pytest.approx(0.9)
+    assert (cleaning.distance_limits(distances, labels, "absolute", 0.25) == 0.25).all()
     with pytest.raises(ValueError, match="percentile"):
-        clean.distance_limits(distances, labels, "percentile", 0)
+        cleaning.distance_limits(distances, labels, "percentile", 0)
 
 
 def test_keep_mask_keeps_a_minimum_per_class():
     distances = np.array([0.9, 0.8, 0.7, 0.1])
     labels = np.array([0, 0, 0, 1])
-    keep = clean.keep_mask(distances, labels, np.full(4, 0.5), min_images=2)
+    keep = cleaning.keep_mask(distances, labels, np.full(4, 0.5), min_images=2)
     assert keep.tolist() == [False, True, True, True]
 
 
@@ -50,13 +50,13 @@ def test_noisy_labels_are_found_on_clustered_embeddings():
     noisy[::17] = True
     labels = labels.copy()
     labels[noisy] = (labels[noisy] + 3) % 10  # mislabelled: the embedding stays with the true class
-    distances = 1 - clean.centre_cosines(embeddings, labels)
-    keep = clean.keep_mask(distances, labels, clean.distance_limits(distances, labels, "class_spread", 2.0), 2)
-    scores = clean.precision_recall(~keep, noisy)
+    distances = 1 - cleaning.centre_cosines(embeddings, labels)
+    keep = cleaning.keep_mask(distances, labels, cleaning.distance_limits(distances, labels, "class_spread", 2.0), 2)
+    scores = cleaning.precision_recall(~keep, noisy)
     assert scores["recall"] == 1.0 and scores["precision"] > 0.8
 
 
 def test_precision_recall_edges():
     none = np.zeros(4, dtype=bool)
-    assert np.isnan(clean.precision_recall(none, none)["precision"])
-    assert clean.precision_recall(np.array([1, 1, 0, 0], bool), np.array([1, 0, 0, 0], bool))["precision"] == 0.5
+    assert np.isnan(cleaning.precision_recall(none, none)["precision"])
+    assert cleaning.precision_recall(np.array([1, 1, 0, 0], bool), np.array([1, 0, 0, 0], bool))["precision"] == 0.5

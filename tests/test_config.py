@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import config
-from pipeline.recipes import PRETRAIN, STUDENT, TEACHER, recipes
+from pipeline.core import config
+from pipeline.experiment.recipes import PRETRAIN, STUDENT, TEACHER, recipes
 
 
 with open(config.PROJECT_ROOT / "params.yaml") as handle:
@@ -85,7 +85,7 @@ def test_teacher_has_its_own_warmup_and_rows_keep_the_train_sections(raw):
 
 
 def test_train_recipe_hands_the_recipe_warmup_to_the_engine(monkeypatch, raw):
-    from pipeline import runs
+    from pipeline.experiment import runs
 
     raw = copy.deepcopy(raw)
     raw["distill"]["teacher_warmup_iterations"] = 40

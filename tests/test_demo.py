@@ -30,8 +30,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import config
-from pipeline.align import align
+from pipeline.core import config
+from pipeline.data.align import align
 from pipeline.data.images import encode_png
 from pipeline.data.lfw import lfw_root_from_env
 from pipeline.data.records import FaceRecord, write_benchmark
@@ -41,12 +41,12 @@ from pipeline.demo import verify as demo_verify
 from pipeline.demo.verify import (
     DemoError, NoFaceError, Verifier, build_verifier, default_checkpoint, load_model, photo_detector,
 )
-from pipeline.detect import GroundTruthLandmarks
+from pipeline.data.detect import GroundTruthLandmarks
 from pipeline.evaluate.embeddings import evaluate_pairs
 from pipeline.data.loader import load_benchmark_arrays
-from pipeline.paths import Paths
-from pipeline.recipes import recipes
-from pipeline.runs import build_backbone, seed_dir
+from pipeline.core.paths import Paths
+from pipeline.experiment.recipes import recipes
+from pipeline.experiment.runs import build_backbone, seed_dir
 from pipeline.train import checkpoint
 from stages import evaluate as evaluate_stage
 

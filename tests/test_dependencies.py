@@ -1,4 +1,4 @@
-"""Stage dependencies by construction: each dvc.yaml stage lists every project file its entry module imports."""
+"""Stage dependencies by construction: each dvc.yaml stage lists exactly the project files its entry module imports."""
 import re
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import PROJECT_ROOT
-from pipeline.dependencies import code_digest, import_closure
+from pipeline.core.config import PROJECT_ROOT
+from pipeline.core.dependencies import code_dependencies, code_digest, generated_dvc_yaml, import_closure
 
 
 def _stages() -> dict[str, dict]:
@@ -16,22 +16,49 @@ def _stages() -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("name", sorted(_stages()))
-def test_every_imported_file_is_a_declared_dependency(name):
+def test_code_dependencies_are_the_import_closure_exactly(name):
     stage = _stages()[name]
     entry = re.search(r"python -m (stages\.\w+)", stage["cmd"]).group(1).replace(".", "/") + ".py"
-    deps = [Path(d) for d in stage["deps"] if "${" not in d]
-    missing = [
-        str(path) for path in import_closure(entry)
-        if not any(path == dep or dep in path.parents for dep in deps)
+    declared = [dep for dep in stage["deps"] if dep.split("/")[0] in ("pipeline", "stages")]
+    wanted = code_dependencies(entry)
+    assert declared == wanted, (
+        f"dvc.yaml stage {name}: missing {sorted(set(wanted) - set(declared))}, extra "
+        f"{sorted(set(declared) - set(wanted))}; run python -m pipeline.core.dependencies --write"
+    )
+
+
+def test_dvc_yaml_is_what_the_generator_writes():
+    text = (PROJECT_ROOT / "dvc.yaml").read_text()
+    assert generated_dvc_yaml(text) == text
+
+
+def test_generator_adds_the_missing_drops_the_extra_and_keeps_the_rest(tmp_path):
+    _write(tmp_path, {
+        "stages/__init__.py": "", "stages/s.py": "import pipeline.pkg.a\nimport pipeline.m\n",
+        "pipeline/__init__.py": "", "pipeline/m.py": "", "pipeline/unused.py": "",
+        "pipeline/pkg/__init__.py": "", "pipeline/pkg/a.py": "from pipeline.pkg import b\n", "pipeline/pkg/b.py": "",
+    })
+    text = (
+        "stages:\n"
+        "  s:\n"
+        "    cmd: python -m stages.s\n"
+        "    deps:\n"
+        "      - data/raw\n"
+        "      - stages/s.py\n"
+        "      - pipeline/unused.py   # extra\n"
+        "      - params.yaml\n"
+        "    outs:\n"
+        "      - out\n"
+    )
+    got = generated_dvc_yaml(text, tmp_path)
+    assert yaml.safe_load(got)["stages"]["s"]["deps"] == [
+        "data/raw", "stages", "pipeline/__init__.py", "pipeline/m.py", "pipeline/pkg", "params.yaml",
     ]
-    assert not missing, f"dvc.yaml stage {name} runs {entry} but does not depend on {missing}"
-
-
-@pytest.mark.parametrize("name", sorted(_stages()))
-def test_declared_code_dependencies_exist(name):
-    for dep in _stages()[name]["deps"]:
-        if dep.startswith(("pipeline", "stages")):
-            assert (PROJECT_ROOT / dep).exists(), f"dvc.yaml stage {name}: dependency {dep} does not exist"
+    assert generated_dvc_yaml(got, tmp_path) == got
+    (tmp_path / "pipeline/pkg/c.py").write_text("")  # a module the stage does not import: the folder no longer fits
+    assert yaml.safe_load(generated_dvc_yaml(text, tmp_path))["stages"]["s"]["deps"][3:6] == [
+        "pipeline/m.py", "pipeline/pkg/__init__.py", "pipeline/pkg/a.py",
+    ]
 
 
 def _outs(name: str) -> list[str]:
@@ -89,8 +116,9 @@ def test_an_unparsable_module_is_named(tmp_path):
 
 
 def test_no_project_module_shadows_the_standard_library():
-    # Prefect loads the flow from pipeline/flows.py with pipeline/ first on sys.path: a pipeline/statistics.py
-    # was imported in place of the standard library's statistics there and failed every deployment run.
-    own = {path.stem for folder in ("pipeline", "stages") for path in (PROJECT_ROOT / folder).iterdir()
-           if path.suffix == ".py" or (path / "__init__.py").exists()}
+    # Prefect loads a flow from its file with that file's folder first on sys.path: a pipeline/statistics.py was
+    # imported in place of the standard library's statistics there and failed every deployment run. Any folder
+    # may come to hold a flow, so none may hold a module named like one of the standard library.
+    own = {path.stem for folder in ("pipeline", "stages") for path in (PROJECT_ROOT / folder).rglob("*")
+           if (path.suffix == ".py" or (path / "__init__.py").exists()) and not path.stem.startswith("__")}
     assert not own & set(sys.stdlib_module_names)

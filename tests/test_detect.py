@@ -1,4 +1,4 @@
-"""Face detection (pipeline/detect.py) and the align stage's use of it (pipeline/data/align_records.py).
+"""Face detection (pipeline/data/detect.py) and the align stage's use of it (pipeline/data/align_records.py).
 
 facenet-pytorch is a dependency, so the MTCNN tests always run; LFW tests skip when the LFW root ($FACEREPRO_LFW or
 the lfw profile's data.lfw_root, ../shared/data/lfw from the project root) is absent.
@@ -14,8 +14,8 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline import config
-from pipeline.align import align, apply_transform, similarity_transform, template
+from pipeline.core import config
+from pipeline.data.align import align, apply_transform, similarity_transform, template
 from pipeline.data.align_records import (
     DetectionTally, align_dataset, align_photo, align_record, central_crop, reduction_factor,
 )
@@ -23,8 +23,8 @@ from pipeline.data.images import decode_image, encode_png
 from pipeline.data.lfw import lfw_root_from_env, read_labels
 from pipeline.data.records import NO_LANDMARKS, FaceRecord, iter_records, read_benchmark, write_benchmark, write_records
 from pipeline.data.synthetic import make_identity, neutral, render
-from pipeline.paths import Paths
-from pipeline.detect import (
+from pipeline.core.paths import Paths
+from pipeline.data.detect import (
     Detection, DetectorSpec, GroundTruthLandmarks, MtcnnDetector, as_rgb, detection_size,
     make_detector, select_face, to_original,
 )

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.devices import resolve_device
+from pipeline.core.devices import resolve_device
 
 
 def test_auto_is_cuda_where_available_else_cpu(monkeypatch):

@@ -18,8 +18,10 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import TensorDataset
 
-from pipeline import config, heads, models
-from pipeline.config import TrainConfig
+from pipeline import heads, models
+
+from pipeline.core import config
+from pipeline.core.config import TrainConfig
 from pipeline.heads.sharded import ShardedMarginHead, init_centres
 from pipeline.train import checkpoint, distributed
 from pipeline.train.distributed import DistContext, RankBatchSampler, context_from_env, rank_flip_mask

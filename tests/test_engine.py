@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from pipeline import config, heads, models
-from pipeline.config import TrainConfig
+from pipeline import heads, models
+
+from pipeline.core import config
+from pipeline.core.config import TrainConfig
 from pipeline.data.images import encode_png
 from pipeline.data.loader import FaceDataset, Preloaded
 from pipeline.data.records import NO_LANDMARKS, FaceRecord, write_records

@@ -21,29 +21,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import config
-from pipeline.config import PROJECT_ROOT
-from pipeline.flows import (
-    Stage,
-    StageFailed,
-    _retry_if_transient,
-    artifact_key,
-    check_request,
-    deployments,
-    is_transient,
-    mlflow_links,
-    mlflow_run_url,
-    model_stages,
-    plan,
-    read_pipeline,
-    row_markdown,
-    schedule,
-    select_rows,
-    stage_env,
-    stage_error,
-    stage_threads,
-)
-from pipeline.paths import Paths
+from pipeline.core import config
+from pipeline.core.config import PROJECT_ROOT
+from pipeline.orchestration.artifacts import artifact_key, mlflow_links, mlflow_run_url, row_markdown
+from pipeline.orchestration.flows import _retry_if_transient, check_request, deployments, select_rows
+from pipeline.orchestration.graph import Stage, model_stages, plan, read_pipeline
+from pipeline.orchestration.scheduler import StageFailed, is_transient, schedule, stage_env, stage_error, stage_threads
+from pipeline.core.paths import Paths
 from tests.test_resume_pipeline import copy_project, keep_rows
 
 # --- the plan ---------------------------------------------------------------------------------------------------
@@ -327,8 +311,8 @@ def test_row_markdown_shows_the_rows_figures_and_links(smoke):
 def test_mlflow_links_point_at_each_seeds_run(smoke, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from pipeline.runs import seed_dir
-    from pipeline.tracking import seed_tracker
+    from pipeline.experiment.runs import seed_dir
+    from pipeline.core.tracking import seed_tracker
     from pipeline.train import checkpoint
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -555,7 +539,7 @@ def test_a_process_work_pool_worker_runs_the_deployment(project):
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
-        sh([sys.executable, "-m", "pipeline.flows", "deploy", "--pool", "facerepro-test"], project.root, project.env)
+        sh([sys.executable, "-m", "pipeline.orchestration.flows", "deploy", "--pool", "facerepro-test"], project.root, project.env)
         result, run = project.trigger("reproduce-table3/pool", rows=["cosface"])
         assert result.returncode == 0 and run["state"]["type"] == "COMPLETED", (
             run["state"]["message"], (project.root / ".prefect" / "worker.log").read_text()[-3000:]

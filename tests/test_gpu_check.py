@@ -41,7 +41,7 @@ def test_gpu_check_tiny_on_cpu_passes_and_writes_its_report(tmp_path):
 def test_fixed_batch_descent_check_fails_when_the_step_does_not_descend(tmp_path, lr):
     """The tiny descent check can fail: with lr 0 the weights never move and the batch's loss stays where it was;
     with the paper profile's lr it passes (MobileFaceNet, bf16 on this CPU's kernels)."""
-    from benchmarks import gpu_check
+    from bench import gpu_check
 
     sizes = dataclasses.replace(gpu_check.TINY, models=("mobilefacenet",))
     args = gpu_check.parse(["--device", "cpu", "--tiny", "--work", str(tmp_path)])
@@ -59,7 +59,7 @@ def test_fixed_batch_descent_check_fails_when_the_step_does_not_descend(tmp_path
 
 
 def test_halved_needs_finite_losses_and_a_halving():
-    from benchmarks.gpu_check import halved
+    from bench.gpu_check import halved
 
     assert halved(20.0, 10.0) and halved(20.0, 0.01)
     assert not halved(20.0, 10.5) and not halved(20.0, 20.0) and not halved(20.0, 30.0)

@@ -6,11 +6,11 @@ import logging
 import pytest
 import torch
 
-from pipeline import config
-from pipeline.config import PROJECT_ROOT
-from pipeline.paths import Paths
-from pipeline.recipes import recipes
-from pipeline.runs import NOT_IN_IDENTITY, training_identity
+from pipeline.core import config
+from pipeline.core.config import PROJECT_ROOT
+from pipeline.core.paths import Paths
+from pipeline.experiment.recipes import recipes
+from pipeline.experiment.runs import NOT_IN_IDENTITY, training_identity
 from pipeline.train import checkpoint
 from pipeline.train.engine import resumable
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import config
-from pipeline.config import AlignConfig, DataConfig
+from pipeline.core import config
+from pipeline.core.config import AlignConfig, DataConfig
 from pipeline.data import lfw
 from pipeline.data.align_records import align_dataset, detector_from_config
 from pipeline.data.folders import HELDOUT_PROTOCOL, balanced_folds, folders_to_raw, sample_pairs, split_persons

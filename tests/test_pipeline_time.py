@@ -1,10 +1,10 @@
-"""benchmarks/pipeline_time.py: stage wall times from DVC's timestamped output, split into the engine's and the
+"""bench/pipeline_time.py: stage wall times from DVC's timestamped output, split into the engine's and the
 evaluation's recorded parts."""
 import json
 
 import pytest
 
-from benchmarks.pipeline_time import evaluation_timing, loop_parts, markdown, split_stage, stage_kind, stage_times
+from bench.pipeline_time import evaluation_timing, loop_parts, markdown, split_stage, stage_kind, stage_times
 
 
 def test_a_stage_runs_from_its_line_to_the_next():

@@ -1,13 +1,15 @@
-"""pipeline/profile_report.py: a profile's run collected into reports/<profile>/ with its summary table."""
+"""pipeline/profiles/report.py: a profile's run collected into reports/<profile>/ with its summary table."""
 import json
 import shutil
 
 import pytest
 
-from pipeline import config, profile_params
-from pipeline.atomic_io import write_json_atomic
-from pipeline.config import PROJECT_ROOT
-from pipeline.profile_report import collect
+from pipeline.core import config
+
+from pipeline.profiles import params
+from pipeline.core.atomic_io import write_json_atomic
+from pipeline.core.config import PROJECT_ROOT
+from pipeline.profiles.report import collect
 
 RUN = {"commit": "abc1234", "seconds": 1234, "cpus": 2, "load_before": "1.0 1.0 1.0", "load_after": "2.0 2.0 2.0"}
 
@@ -69,16 +71,16 @@ def test_an_unfinished_run_is_named_and_leaves_no_output(work, tmp_path):
 def test_profile_params_sets_the_profile_and_overrides_and_validates(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text((config.PROJECT_ROOT / "params.yaml").read_text())
-    cfg = profile_params.apply(path, "lfw", ["data.lfw_min_images=8", "align.min_face_size=40"])
+    cfg = params.apply(path, "lfw", ["data.lfw_min_images=8", "align.min_face_size=40"])
     assert cfg.profile == "lfw" and cfg.data.lfw_min_images == 8 and cfg.align.min_face_size == 40
     assert config.load(path) == cfg  # what was written is what was validated
     before = path.read_text()
     for bad, message in ((["align.min_face_sise=40"], "min_face_sise"), (["data"], "KEY=VALUE"),
                          (["data.source.x=1"], "not a section"), (["align.min_face_size=4"], "min_face_size")):
         with pytest.raises(ValueError, match=message):
-            profile_params.apply(path, "lfw", bad)
+            params.apply(path, "lfw", bad)
     with pytest.raises(ValueError, match="'nope' is not defined"):
-        profile_params.apply(path, "nope", [])
+        params.apply(path, "nope", [])
     assert path.read_text() == before  # a refused override writes nothing
-    mine = profile_params.apply(path, "folders", ["data.folders_root=/home/me/photos"])
+    mine = params.apply(path, "folders", ["data.folders_root=/home/me/photos"])
     assert mine.data.source == "folders" and mine.data.folders_root == "/home/me/photos" and mine.align.detector == "mtcnn"

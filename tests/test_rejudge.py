@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import report
-from pipeline.rejudge import recovered_summary
-from pipeline.run_statistics import cell_estimate
+from pipeline.reporting import tables
+from pipeline.reporting.rejudge import recovered_summary
+from pipeline.reporting.run_statistics import cell_estimate
 
 BENCHMARKS = ["synth-lfw", "synth-cfp-fp", "synth-agedb"]
 
@@ -31,13 +31,13 @@ def test_tests_csv_carries_everything_the_test_needs(rows: int) -> None:
     rng = np.random.default_rng(rows)
     per_pair = {f"m{i}": _per_pair(rng, 0.1 * i) for i in range(rows)}
     plan = [(f"m{i}", "m0") for i in range(1, rows)]
-    stage, _ = report.comparisons(plan, per_pair, BENCHMARKS, 0.05)
+    stage, _ = tables.comparisons(plan, per_pair, BENCHMARKS, 0.05)
     written = pd.read_csv(io.StringIO(stage.to_csv(index=False)))  # what a committed CSV keeps
-    cells = {(m, b): cell_estimate(report.correctness(per_pair[m], b)[1]) for m in per_pair for b in BENCHMARKS}
+    cells = {(m, b): cell_estimate(tables.correctness(per_pair[m], b)[1]) for m in per_pair for b in BENCHMARKS}
     summaries = [recovered_summary(r, cells[(r["a"], r["benchmark"])], cells[(r["b"], r["benchmark"])], 400)
                  for _, r in written.iterrows()]
     keys = [(r["a"], r["b"], r["benchmark"]) for _, r in written.iterrows()]
-    again, found = report.comparison_frame(keys, summaries, 0.05)
+    again, found = tables.comparison_frame(keys, summaries, 0.05)
     for column in ("delta", "ci_low", "ci_high", "p", "df", "p_holm", "mde", "moderated_run_sd"):
         np.testing.assert_allclose(again[column], stage[column], rtol=1e-9, err_msg=column)
     assert list(again["verdict"]) == list(stage["verdict"])

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import config
-from pipeline.config import PROJECT_ROOT
-from pipeline.paths import Paths
-from pipeline.recipes import trained_models
-from pipeline.runs import seed_dir
+from pipeline.core import config
+from pipeline.core.config import PROJECT_ROOT
+from pipeline.core.paths import Paths
+from pipeline.experiment.recipes import trained_models
+from pipeline.experiment.runs import seed_dir
 from stages import report as report_stage
 from stages import table as table_stage
 
@@ -159,7 +159,7 @@ def test_the_group_gap_is_best_minus_worst_group_per_seed(project):
 
 
 def test_expected_range_matches_the_range_chart_constants():
-    from pipeline.report import expected_range
+    from pipeline.reporting.tables import expected_range
 
     assert expected_range(2) == pytest.approx(2 / np.sqrt(np.pi), abs=0.01)  # E|Z1 - Z2| = 2 / sqrt(pi)
     assert expected_range(4) == pytest.approx(2.059, abs=0.01)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline import config
+from pipeline.core import config
 from pipeline.train import checkpoint
 from tests.test_resume_pipeline import copy_project, keep_rows
 

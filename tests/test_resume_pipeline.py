@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import PROJECT_ROOT
+from pipeline.core.config import PROJECT_ROOT
 from pipeline.train import checkpoint
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ import pytest
 from numpy.typing import NDArray
 from scipy import special, stats
 
-from pipeline.run_statistics import (
+from pipeline.reporting.run_statistics import (
     PRIOR_WEIGHT_CAP, RunComparison, cell_estimate, family_priors, family_tests, trigamma_inverse, compare_runs, holm_verdicts, pairing_gain, seeds_needed, verdict,
 )
 

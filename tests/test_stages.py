@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import config
+from pipeline.core import config
 from pipeline.data.images import encode_png
 from pipeline.data.records import FaceRecord, write_records
-from pipeline.paths import Paths
+from pipeline.core.paths import Paths
 from stages import align, synthesize
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.align import align
+from pipeline.data.align import align
 from pipeline.data.images import decode_image
 from pipeline.data.records import iter_records, read_benchmark, read_metadata
 from pipeline.data.synthetic import SyntheticSpec, generate, make_identity, neutral, plan_training, render, render_record

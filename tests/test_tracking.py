@@ -6,8 +6,8 @@ import logging
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import TrackingConfig
-from pipeline.tracking import (
+from pipeline.core.config import TrackingConfig
+from pipeline.core.tracking import (
     MlflowTracker,
     NullTracker,
     Store,

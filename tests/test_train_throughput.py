@@ -1,9 +1,9 @@
-"""benchmarks/train_throughput.py: the seeds-together ensemble it times computes what the seeds' own steps compute."""
+"""bench/train_throughput.py: the seeds-together ensemble it times computes what the seeds' own steps compute."""
 import pytest
 import torch
 from torch.func import stack_module_state
 
-from benchmarks.train_throughput import _ensemble_step
+from bench.train_throughput import _ensemble_step
 from pipeline import heads, models
 
 SIZE, CLASSES, BATCH = 32, 6, 8

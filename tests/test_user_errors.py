@@ -19,14 +19,14 @@ import pytest
 import torch
 import yaml
 
-from pipeline import config, stage
-from pipeline.config import PROJECT_ROOT
+from pipeline.core import config, stage
+from pipeline.core.config import PROJECT_ROOT
 from pipeline.data import records
 from pipeline.data.images import encode_png
 from pipeline.data.records import NO_LANDMARKS, FaceRecord, write_records
-from pipeline.paths import Paths
-from pipeline.recipes import trained_models
-from pipeline.runs import train_recipe
+from pipeline.core.paths import Paths
+from pipeline.experiment.recipes import trained_models
+from pipeline.experiment.runs import train_recipe
 from stages import align, clean, distill, evaluate, pretrain, report, synthesize, table, train
 from tests.test_resume_pipeline import copy_project
 

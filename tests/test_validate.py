@@ -1,4 +1,4 @@
-"""Stage validate's checks beyond the typed config (pipeline.preflight): what a stage would refuse minutes or hours later
+"""Stage validate's checks beyond the typed config (pipeline.experiment.preflight): what a stage would refuse minutes or hours later
 is refused here, before DVC removes any stage's outputs, with the parameter's dotted path in the message."""
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 import torch
 import yaml
 
-from pipeline import config, preflight
+from pipeline.core import config
+
+from pipeline.experiment import preflight
 from pipeline.heads import HEADS, margin_names
 
 GIB = 2**30

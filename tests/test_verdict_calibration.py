@@ -1,6 +1,6 @@
 """Calibration where the verdicts are made: Holm over a Table-3-shaped family of 42 comparisons.
 
-The simulator (benchmarks.verdict_calibration.simulate) draws tables of the committed tables' shape; the tests
+The simulator (bench.verdict_calibration.simulate) draws tables of the committed tables' shape; the tests
 run the project's test (run_statistics.family_tests) on them and check, under the complete null, the
 per-comparison rejection rate at alpha/m and the family-wise error after Holm, at the seed counts the project
 uses and run shares from half to all of Var(delta-hat). Tolerances are 3 Monte Carlo standard errors.
@@ -12,10 +12,10 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.verdict_calibration import (
+from bench.verdict_calibration import (
     ALPHA, Layout, Structure, holm_rejections, satterthwaite, simulate, table3_layout, table3_truth,
 )
-from pipeline.run_statistics import family_tests
+from pipeline.reporting.run_statistics import family_tests
 
 TABLES = 8000
 

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.align import align, similarity_transform, template
-from pipeline.config import AlignConfig
+from pipeline.data.align import align, similarity_transform, template
+from pipeline.core.config import AlignConfig
 from pipeline.data.images import decode_image, encode_png
 from pipeline.data.records import FaceRecord, iter_records, read_benchmark, write_benchmark, write_records
-from pipeline.detect import DetectorSpec, GroundTruthLandmarks, LandmarkDetector, make_detector
-from pipeline.devices import resolve_device
-from pipeline.atomic_io import atomic_path
+from pipeline.data.detect import DetectorSpec, GroundTruthLandmarks, LandmarkDetector, make_detector
+from pipeline.core.devices import resolve_device
+from pipeline.core.atomic_io import atomic_path
 
 
 @dataclass
@@ -63,14 +63,14 @@ def central_crop(image: np.ndarray, crop_size: int, fraction: float) -> np.ndarr
 
 
 def reduction_factor(landmarks: np.ndarray, crop_size: int) -> int:
-    """k = floor(1 / s) for the template similarity's scale s (Umeyama Eq. 42 via pipeline.align), at least 1."""
+    """k = floor(1 / s) for the template similarity's scale s (Umeyama Eq. 42 via pipeline.data.align), at least 1."""
     matrix = similarity_transform(landmarks, template(crop_size))
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     return max(1, int(np.floor(1.0 / scale + 1e-9)))
 
 
 def align_photo(image: np.ndarray, landmarks: np.ndarray, crop_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`pipeline.align.align`, after a k x k box reduction where the warp would shrink the face by k >= 2: a
+    """`pipeline.data.align.align`, after a k x k box reduction where the warp would shrink the face by k >= 2: a
     bilinear warp reads 4 pixels per output pixel, so a large photo would alias into a small crop."""
     k = reduction_factor(landmarks, crop_size)
     if k >= 2:

@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.atomic_io import atomic_path
+from pipeline.core.atomic_io import atomic_path
 from pipeline.data.images import decode_stack
 from pipeline.data.records import FaceRecord, iter_records, write_records
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import DataConfig
+from pipeline.core.config import DataConfig
 from pipeline.data import folders, insightface, lfw
 from pipeline.data.synthetic import SyntheticSpec, generate
-from pipeline.atomic_io import atomic_path
+from pipeline.core.atomic_io import atomic_path
 
 
 def prepare_raw(data: DataConfig, raw_dir: Path) -> dict:

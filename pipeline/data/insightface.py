@@ -39,7 +39,7 @@ import pandas as pd
 from pipeline.data.images import CorruptImageError, decode_image, decode_stack, decode_uniform, encode_png
 from pipeline.data.images import image_size as encoded_size
 from pipeline.data.records import NO_LANDMARKS, FaceRecord, iter_records, read_benchmark, write_benchmark, write_records
-from pipeline.atomic_io import atomic_path, write_bytes_atomic
+from pipeline.core.atomic_io import atomic_path, write_bytes_atomic
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)

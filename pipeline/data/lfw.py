@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import config
+from pipeline.core import config
 from pipeline.data.folders import balanced_folds
 from pipeline.data.images import CorruptImageError, normalise_encoded
 from pipeline.data.records import NO_LANDMARKS, FaceRecord, write_benchmark, write_records

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.atomic_io import atomic_path
+from pipeline.core.atomic_io import atomic_path
 
 SCHEMA = pa.schema(
     [

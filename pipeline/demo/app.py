@@ -24,9 +24,9 @@ from pydantic import BaseModel
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipeline import config
+from pipeline.core import config
 from pipeline.demo.verify import DemoError, Face, Verifier, build_verifier
-from pipeline.paths import Paths
+from pipeline.core.paths import Paths
 
 HOST = "127.0.0.1"  # the demo is for the person at this machine only
 ALLOWED_HOSTS = (HOST, "localhost")  # Host header names, any port

@@ -20,17 +20,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pipeline.config import AlignConfig, Config
+from pipeline.core.config import AlignConfig, Config
 from pipeline.data.align_records import align_photo, detector_from_config
 from pipeline.data.images import CorruptImageError, decode_image
 from pipeline.data.loader import load_benchmark_arrays
-from pipeline.devices import resolve_device
-from pipeline.detect import Detection, LandmarkDetector, detection_size
+from pipeline.core.devices import resolve_device
+from pipeline.data.detect import Detection, LandmarkDetector, detection_size
 from pipeline.evaluate.embeddings import extract_embeddings, pair_scores
 from pipeline.evaluate.verification import cosine_scores, fold_mean_std, fold_predictions
-from pipeline.paths import Paths
-from pipeline.recipes import recipes
-from pipeline.runs import load_backbone, seed_dir
+from pipeline.core.paths import Paths
+from pipeline.experiment.recipes import recipes
+from pipeline.experiment.runs import load_backbone, seed_dir
 from pipeline.train import checkpoint as checkpoints
 
 # Far above any camera's photo (48 MP phones) and far below PIL's bomb limit (179 MP), where a 440 KB PNG of

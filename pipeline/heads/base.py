@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.registry import Registry
+from pipeline.core.registry import Registry
 
 
 class MarginHead(nn.Module):

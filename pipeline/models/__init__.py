@@ -8,7 +8,7 @@ import inspect
 import torch
 from torch import nn
 
-from pipeline.registry import Registry
+from pipeline.core.registry import Registry
 
 BACKBONES: Registry[nn.Module] = Registry("backbone")
 

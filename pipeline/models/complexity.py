@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.config import PROJECT_ROOT
-from pipeline.atomic_io import write_json_atomic, write_text_atomic
+from pipeline.core.config import PROJECT_ROOT
+from pipeline.core.atomic_io import write_json_atomic, write_text_atomic
 from pipeline.models import BACKBONES, build
 from pipeline.models.iresnet import IResNet, IResNetSpec
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.atomic_io import write_bytes_atomic
+from pipeline.core.atomic_io import write_bytes_atomic
 
 
 def rng_state() -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import CompileMode
+from pipeline.core.config import CompileMode
 
 log = logging.getLogger("facerepro.train")
 

@@ -23,11 +23,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pipeline.config import TrainConfig
+from pipeline.core.config import TrainConfig
 from pipeline.data.loader import FaceDataset, Preloaded
-from pipeline.devices import resolve_device
-from pipeline.atomic_io import write_json_atomic
-from pipeline.tracking import NullTracker, Tracker
+from pipeline.core.devices import resolve_device
+from pipeline.core.atomic_io import write_json_atomic
+from pipeline.core.tracking import NullTracker, Tracker
 from pipeline.heads.sharded import ShardedMarginHead
 from pipeline.train import checkpoint, distributed
 from pipeline.train.compilation import compile_for_training
@@ -385,7 +385,7 @@ def train(
 
 class LoopClock:
     """Where a training loop's wall time goes, by part (data, steps, curve, checkpoints, tracking), kept in the run's
-    history so that a resumed run adds to it: what benchmarks/pipeline_time.py splits a training stage into."""
+    history so that a resumed run adds to it: what bench/pipeline_time.py splits a training stage into."""
 
     def __init__(self, parts: dict[str, float]) -> None:
         self.parts = parts

@@ -16,7 +16,7 @@ from pipeline.data.synthetic.nuisance import OCCLUSIONS
 from pipeline.data.synthetic.protocols import PROTOCOLS, ImageJob, plan_training
 from pipeline.data.synthetic.render import render
 from pipeline.data.synthetic.spec import SyntheticSpec
-from pipeline.atomic_io import atomic_path
+from pipeline.core.atomic_io import atomic_path
 
 FORMAT_VERSION = 1
 

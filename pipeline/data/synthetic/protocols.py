@@ -16,7 +16,7 @@ from pipeline.data.synthetic import seeds
 from pipeline.data.synthetic.nuisance import Nuisance, YawMode, sample
 from pipeline.data.synthetic.spec import IDENTITY_BLOCK, ProtocolSpec, SyntheticSpec
 from pipeline.data.synthetic.traits import Identity, Population, make_identity
-from pipeline.registry import Registry
+from pipeline.core.registry import Registry
 
 
 @dataclass(frozen=True)

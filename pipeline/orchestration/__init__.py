@@ -1,0 +1,1 @@
+"""Orchestration: the DVC graph, the stage scheduler, the Prefect artifacts and flows."""

@@ -1,0 +1,76 @@
+"""The pipeline as DVC sees it: dvc.yaml's stages, what each needs and writes, and the order to run a target's
+stages in."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.paths import Paths
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # DVC's address: synthesize, train@cosface, evaluate_models@pretrain, ...
+    needs: frozenset[str]  # the stages whose outputs it reads
+    outs: tuple[str, ...]  # project-relative paths it writes
+
+
+def read_pipeline(root: Path) -> dict[str, Stage]:
+    """DVC's own stage graph of `root`/dvc.yaml, in dvc.yaml order (read only: no lock is taken)."""
+    from dvc.repo import Repo
+
+    def address(node: Any) -> str:  # as `dvc repro` takes it from the project root
+        where = Path(node.dvcfile.path).resolve().relative_to(root.resolve()).as_posix()
+        return node.name if where == "dvc.yaml" else f"{where}:{node.name}"
+
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph  # an edge runs from a stage to a stage it depends on
+        return {
+            address(node): Stage(
+                address(node),
+                frozenset(address(dep) for dep in graph.successors(node)),
+                tuple(out.def_path for out in node.outs),
+            )
+            for node in graph.nodes
+        }
+
+
+def producer(pipeline: Mapping[str, Stage], path: str) -> str:
+    """The stage that writes `path` (project-relative)."""
+    for stage in pipeline.values():
+        if path in stage.outs:
+            return stage.name
+    raise KeyError(f"dvc.yaml: no stage writes {path}")
+
+
+def model_stages(pipeline: Mapping[str, Stage], paths: Paths, model: str) -> tuple[str, str]:
+    """The stages that train and evaluate `model` (e.g. train@cosface and evaluate@cosface, or pretrain and
+    evaluate_models@pretrain), found by the files they write so dvc.yaml stays the one place that says it."""
+    weights = paths.model_dir(model).relative_to(paths.root).as_posix()
+    metrics = paths.metrics("eval", model).relative_to(paths.root).as_posix()
+    return producer(pipeline, weights), producer(pipeline, metrics)
+
+
+def plan(pipeline: Mapping[str, Stage], targets: Sequence[str]) -> list[str]:
+    """The targets and every stage they need, upstream first; targets keep their order, so giving them row by
+    row makes each row's evaluation come right after its training."""
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if name in trail:
+            raise ValueError(f"dvc.yaml: stages depend on each other in a cycle: {' -> '.join(trail + (name,))}")
+        if name in seen:
+            return
+        if name not in pipeline:
+            raise KeyError(f"dvc.yaml has no stage {name!r}")
+        for dep in (s for s in pipeline if s in pipeline[name].needs):  # dvc.yaml order, for a stable plan
+            visit(dep, trail + (name,))
+        seen.add(name)
+        order.append(name)
+
+    for target in targets:
+        visit(target, ())
+    return order

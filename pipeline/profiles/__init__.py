@@ -1,0 +1,1 @@
+"""Photo profiles (scripts/reproduce-profile): their params and their collected report."""

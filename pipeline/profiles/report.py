@@ -1,0 +1,166 @@
+"""Collect one profile's run (a clone made by scripts/reproduce-profile) into reports/<profile>/ with a summary.
+
+`table.md` states how the run was made (command, commit, wall time, load), what was trained on and which pair
+protocols it was scored on and why (data.json), the face-detection rate per part (align.json), and every
+model's 10-fold accuracy (reports/metrics/eval/*.json). The run's own tables are copied beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipeline.core import config
+from pipeline.core.atomic_io import atomic_path, write_json_atomic
+
+# the run's outputs copied as they are (those that exist), besides each table of its params (copied_tables)
+COPIED = ("data.json", "align.json", "cleaning.json", "seed_noise.md", "figures/curves.png")
+NO_FACE_LISTED = 20  # no-face photo names shown per part in table.md (align.json lists up to 1,000)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: did `dvc repro` of the profile finish?")
+    return json.loads(path.read_text())
+
+
+def detection_rows(align: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per part (train, then each benchmark): photos looked at, faces found, rate, the no-face names."""
+    parts = [("train", align["train_landmarks"])]
+    parts += [(name, bench["landmarks"]) for name, bench in sorted(align["benchmarks"].items())]
+    rows = []
+    for name, tally in parts:
+        looked = tally["detected"] + tally["no_face"]
+        if looked:
+            rows.append({"part": name, "photos": looked, "detected": tally["detected"], "no_face": tally["no_face"],
+                         "rate": tally["detection_rate"], "no_face_sources": tally["no_face_sources"]})
+    return rows
+
+
+def accuracy_rows(eval_dir: Path) -> list[dict[str, Any]]:
+    """Per model and benchmark: 10-fold accuracy with the flip test (mean, std over folds), without, TAR@FAR=1%."""
+    rows = []
+    for path in sorted(eval_dir.glob("*.json")):
+        report = json.loads(path.read_text())
+        for seed, result in sorted(report["seeds"].items()):
+            for bench, m in sorted(result["benchmarks"].items()):
+                if "accuracy_flip" not in m:
+                    continue  # identification: rank-1, in the profile's tables
+                rows.append({"model": report["model"], "label": report["label"], "seed": int(seed), "benchmark": bench,
+                             "accuracy_flip": m["accuracy_flip"], "accuracy_flip_std": m["accuracy_flip_std"],
+                             "accuracy": m["accuracy"], "tar_at_far_0.01": m.get("tar_at_far_0.01")})
+    if not rows:
+        raise FileNotFoundError(f"{eval_dir} holds no evaluation reports (*.json)")
+    return rows
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+def markdown(profile: str, run: dict[str, Any], data: dict[str, Any], detection: list[dict[str, Any]],
+             accuracy: list[dict[str, Any]]) -> str:
+    what = "of the whole pipeline"
+    if "stages_run" in run:  # a later call in the same clone reruns only what changed: say so, or its time misleads
+        ran = run["stages_run"]
+        what = ("ran no stage (every stage was up to date)" if not ran else
+                f"ran {len(ran)} stage(s)" + (f": {', '.join(ran)}" if len(ran) <= 10 else ""))
+    lines = [
+        f"# The `{profile}` profile", "",
+        f"`bash scripts/reproduce-profile {' '.join([profile, run.get('overrides', '')]).strip()}` at commit `{run['commit']}`: `dvc repro` {what} in "
+        f"a clone, {run['seconds']:,} s ({run['seconds'] / 60:.1f} min) wall time on {run['cpus']} CPU(s); load "
+        f"average (1/5/15 min) {run['load_before']} before, {run['load_after']} after. The run's own tables are "
+        "beside this file (table3.md has the paired tests).", "",
+        "## Trained on, scored on", "",
+    ]
+    if "train" in data and "persons" in data.get("train", {}):
+        lines.append(f"- trained on {data['train']['persons']} persons, {data['train']['images']} photos "
+                     f"(source `{data['source']}`)")
+    if data.get("source") == "folders":  # pipeline.data.folders: labels are the trained persons
+        lines.append(f"- trained on {len(data['labels'])} persons, {data['images']} photos (source `folders`, "
+                     f"`{data['root']}`)")
+        heldout = data.get("folders-heldout")
+        if heldout:
+            lines.append(f"- scored on: folders-heldout: {len(heldout['persons'])} persons held out of training "
+                         f"(seed {heldout['seed']}), {heldout['images']} photos, {heldout['pairs']} pairs in "
+                         f"{heldout['folds']} folds")
+    for key in ("evaluated_on", "not_evaluated"):
+        if key in data:
+            lines.append(f"- {'scored on' if key == 'evaluated_on' else 'not scored on'}: {data[key]}")
+    lines += ["", "## Face detection (MTCNN)", "",
+              "| part | photos | face found | no face | detection rate |", "|---|---|---|---|---|"]
+    for row in detection:
+        lines.append(f"| {row['part']} | {row['photos']} | {row['detected']} | {row['no_face']} | {_pct(row['rate'])}% |")
+    lines += ["", "Training photos without a face are left out of training; benchmark photos without one are scored on "
+              "a central crop (`align.fallback_crop`), so every pair stays. No-face photos (all in align.json):", ""]
+    for row in detection:
+        shown = row["no_face_sources"][:NO_FACE_LISTED]
+        more = f" and {row['no_face'] - len(shown)} more" if row["no_face"] > len(shown) else ""
+        lines.append(f"- {row['part']}: " + (", ".join(f"`{Path(s).name}`" for s in shown) + more if shown else "none"))
+    benches = sorted({r["benchmark"] for r in accuracy})
+    lines += ["", "## Accuracy (final checkpoint, 10-fold, %)", "",
+              "With the flip test (± std over folds); without it; TAR at FAR 1%.", "",
+              "| model | " + " | ".join(f"{b} (flip) | {b} | {b} TAR@1%" for b in benches) + " |",
+              "|---|" + "---|---|---|" * len(benches)]
+    for model in sorted({(r["model"], r["label"], r["seed"]) for r in accuracy}):
+        by_bench = {r["benchmark"]: r for r in accuracy if (r["model"], r["label"], r["seed"]) == model}
+        cells = []
+        for bench in benches:
+            r = by_bench.get(bench)
+            cells += (["", "", ""] if r is None else [
+                f"{_pct(r['accuracy_flip'])} (±{_pct(r['accuracy_flip_std'])})", _pct(r["accuracy"]),
+                _pct(r["tar_at_far_0.01"])])
+        lines.append(f"| {model[1]} (`{model[0]}`, seed {model[2]}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def copied_tables(work: Path, profile: str) -> list[str]:
+    """Each table of the run's own params (`tables`): its Markdown, its CSV and its tests."""
+    tables = config.load(work / "params.yaml", profile).tables
+    return [f"{table}{suffix}" for table in tables for suffix in (".md", ".csv", "_tests.csv")]
+
+
+def collect(work: Path, out: Path, profile: str, run: dict[str, Any]) -> dict[str, Any]:
+    """Write `out` whole or not at all: the copied outputs, table.md and summary.json."""
+    reports = work / "reports"
+    data, align = _read_json(reports / "data.json"), _read_json(reports / "align.json")
+    detection, accuracy = detection_rows(align), accuracy_rows(reports / "metrics" / "eval")
+    summary = {"profile": profile, "run": run, "detection": detection, "accuracy": accuracy,
+               "evaluated_on": data.get("evaluated_on"), "not_evaluated": data.get("not_evaluated")}
+    with atomic_path(out) as staged:
+        staged.mkdir(parents=True)
+        for name in [*COPIED, *copied_tables(work, profile)]:
+            if (reports / name).is_file():
+                (staged / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(reports / name, staged / name)
+        shutil.copytree(reports / "metrics" / "eval", staged / "eval")
+        write_json_atomic(staged / "summary.json", summary)
+        (staged / "table.md").write_text(markdown(profile, run, data, detection, accuracy))
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.profiles.report", description=collect.__doc__)
+    parser.add_argument("--work", type=Path, required=True, help="the profile's clone (data/profiles/<profile>)")
+    parser.add_argument("--out", type=Path, required=True, help="e.g. reports/lfw")
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--seconds", type=int, required=True, help="wall time of `dvc repro`")
+    parser.add_argument("--load-before", required=True)
+    parser.add_argument("--load-after", required=True)
+    parser.add_argument("--commit", required=True)
+    parser.add_argument("--overrides", default="", help="the KEY=VALUE arguments the run was given")
+    parser.add_argument("--stages-run", default=None, help="the stages `dvc repro` ran, space-separated")
+    args = parser.parse_args()
+    run = {"commit": args.commit, "overrides": args.overrides, "seconds": args.seconds, "cpus": os.cpu_count(),
+           "load_before": args.load_before, "load_after": args.load_after}
+    if args.stages_run is not None:
+        run["stages_run"] = args.stages_run.split()
+    collect(args.work, args.out, args.profile, run)
+    print(f"wrote {args.out}/table.md")
+
+
+if __name__ == "__main__":
+    main()
