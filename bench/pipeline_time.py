@@ -37,6 +37,7 @@ import yaml
 from bench.peak import peaks
 from pipeline.core import config
 from pipeline.core.atomic_io import write_json_atomic, write_text_atomic
+from pipeline.evaluate.record import ModelEvaluation
 from pipeline.models.complexity import count_macs
 from pipeline.models import build
 from tests.test_resume_pipeline import copy_project
@@ -88,10 +89,10 @@ def evaluation_timing(metrics: Path, stage: str) -> dict[str, float] | None:
     path = metrics / f"{model}.json"
     if not path.is_file():
         return None
-    timings = [seed["timing"] for seed in json.loads(path.read_text())["seeds"].values() if "timing" in seed]
+    timings = [seed.timing for seed in ModelEvaluation.load(path).seeds.values() if seed.timing is not None]
     if not timings:
         return None
-    return {"seconds": sum(t["seconds"] for t in timings), "forward_passes": sum(t["forward_passes"] for t in timings)}
+    return {"seconds": sum(t.seconds for t in timings), "forward_passes": sum(t.forward_passes for t in timings)}
 
 
 def _timed(call) -> float:

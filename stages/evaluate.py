@@ -18,14 +18,17 @@ from pipeline.data.loader import load_benchmark_arrays
 from pipeline.core.devices import resolve_device
 from pipeline.evaluate.embeddings import evaluate_pairs
 from pipeline.evaluate.identification_set import identify
-from pipeline.core.atomic_io import atomic_path, write_json_atomic
+from pipeline.evaluate.record import (
+    BenchmarkFigures, EvaluationTiming, ModelEvaluation, SeedEvaluation, benchmark_figures,
+)
+from pipeline.core.atomic_io import atomic_path
 from pipeline.core.paths import Paths
 from pipeline.experiment.recipes import Recipe, recipes
 from pipeline.experiment.runs import experiment_of, identity_of, load_backbone, seed_dir, start_tracker
 from pipeline.core.tracking import MlflowTracker, Store, finished_seed_run, guarded
 
 
-def run(cfg: Config, paths: Paths, model: str) -> dict:
+def run(cfg: Config, paths: Paths, model: str) -> ModelEvaluation:
     recipe = recipes(cfg).get(model)
     if recipe is None:
         raise KeyError(f"model {model!r} is not trained by this profile; known: {', '.join(recipes(cfg))}")
@@ -40,34 +43,36 @@ def run(cfg: Config, paths: Paths, model: str) -> dict:
             raise ValueError(
                 f"benchmark {name} has {data[1]['fold'].nunique()} folds but evaluate.folds is {cfg.evaluate.folds}"
             )
-    per_seed: dict[str, dict] = {}
+    per_seed: dict[int, SeedEvaluation] = {}
     per_pair = []
     progress = tqdm(total=len(cfg.seeds) * len(protocols), desc=f"evaluate {model}", unit="protocol", disable=None)
     for seed in cfg.seeds:
         backbone, meta = load_backbone(cfg, paths, model, seed)
         train_info = json.loads((seed_dir(paths, model, seed) / "train.json").read_text())
-        entry: dict = {"diverged_at_step": meta.get("diverged_at_step"), "train": train_info, "benchmarks": {}}
-        if meta.get("diverged_at_step") is None:
+        diverged_at_step = meta.get("diverged_at_step")
+        scored: dict[str, BenchmarkFigures] = {}
+        timing = None
+        if diverged_at_step is None:
             started = time.perf_counter()
             for name, data in protocols.items():
                 progress.update()
                 metrics, correct = _score(cfg, backbone, device, data)
-                entry["benchmarks"][name] = metrics
+                scored[name] = benchmark_figures(metrics, f"{model} seed {seed} on {name}")
                 per_pair.append(pd.DataFrame({"seed": seed, "benchmark": name, "pair": range(len(correct)),
                                               "correct": correct}))
             images = sum(len(data.images if isinstance(data, IdentificationSet) else data[0]) for data in protocols.values())
             # for bench/pipeline_time.py: every protocol's images embedded (twice with the flip test) and scored
-            entry["timing"] = {"seconds": time.perf_counter() - started, "images": images,
-                               "forward_passes": images * (2 if cfg.evaluate.flip else 1)}
-        per_seed[str(seed)] = entry
-        _track(cfg, paths, recipe, seed, meta, entry)
+            timing = EvaluationTiming(seconds=time.perf_counter() - started, images=images,
+                                      forward_passes=images * (2 if cfg.evaluate.flip else 1))
+        per_seed[seed] = SeedEvaluation(diverged_at_step, train_info, scored, timing)
+        _track(cfg, paths, recipe, seed, meta, per_seed[seed])
     progress.close()
-    report = {"model": model, "label": recipe.label, "flip": cfg.evaluate.flip, "seeds": per_seed}
+    evaluation = ModelEvaluation(model=model, label=recipe.label, flip=cfg.evaluate.flip, seeds=per_seed)
     with atomic_path(paths.eval_dir(model) / "pairs.parquet") as staged:
         frame = pd.concat(per_pair, ignore_index=True) if per_pair else pd.DataFrame(columns=["seed", "benchmark", "pair", "correct"])
         frame.to_parquet(staged, index=False)
-    write_json_atomic(paths.metrics("eval", model), report)
-    return report
+    evaluation.save(paths.metrics("eval", model))
+    return evaluation
 
 
 def _held_out_protocols(cfg: Config, paths: Paths, model: str) -> dict[str, tuple | IdentificationSet]:
@@ -95,13 +100,14 @@ def _score(cfg: Config, backbone, device, data: tuple | IdentificationSet) -> tu
     return result.to_metrics(), result.correct_flip if cfg.evaluate.flip else result.correct
 
 
-def _track(cfg: Config, paths: Paths, recipe: Recipe, seed: int, meta: dict, entry: dict) -> None:
+def _track(cfg: Config, paths: Paths, recipe: Recipe, seed: int, meta: dict, entry: SeedEvaluation) -> None:
     """Mirror the figures into the seed's MLflow run, found by its training identity (recorded in the model's
     metadata), or into a re-created run when the store has none (moved, emptied, another machine)."""
     if not cfg.tracking.enabled:
         return
     identity = identity_of(meta)
-    metrics = {f"{bench}.{key}": value for bench, figures in entry["benchmarks"].items() for key, value in figures.items()}
+    metrics = {f"{bench}.{key}": value for bench, figures in entry.benchmarks.items()
+               for key, value in figures.to_metrics().items()}
 
     def mirror() -> None:
         store = Store(cfg.tracking, paths.root)

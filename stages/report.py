@@ -27,9 +27,9 @@ OUTPUTS = ["reports/seed_noise.md", "reports/figures/curves.png"]  # and the cur
 
 def run(cfg: Config, paths: Paths) -> None:
     evaluations = stage.read_inputs(paths, evaluation_files(cfg, paths), lambda: tables.load_evaluations(cfg, paths))
-    names, benchmarks, alpha = list(evaluations.reports), evaluations.benchmarks, cfg.evaluate.alpha
+    names, benchmarks, alpha = list(evaluations.models), evaluations.benchmarks, cfg.evaluate.alpha
     cells = {
-        (n, b): tables.cell(evaluations.reports[n], evaluations.per_pair[n], b, evaluations.metric, alpha).estimate
+        (n, b): tables.cell(evaluations.models[n], evaluations.per_pair[n], b, evaluations.metric, alpha).estimate
         for n in names for b in benchmarks
     }
     results = [(spec, tables.build_table(spec, evaluations, alpha)) for spec in cfg.tables.values()]

@@ -23,6 +23,7 @@ import yaml
 
 from pipeline.core import config
 from pipeline.core.config import PROJECT_ROOT
+from pipeline.evaluate.record import ModelEvaluation, PairFigures, SeedEvaluation
 from pipeline.orchestration.artifacts import artifact_key, mlflow_links, mlflow_run_url, row_markdown
 from pipeline.orchestration.flows import _retry_if_transient, check_request, deployments, select_rows
 from pipeline.orchestration.graph import Stage, model_stages, plan, read_pipeline
@@ -285,19 +286,10 @@ def test_artifact_keys_and_mlflow_links():
 
 
 def test_row_markdown_shows_the_rows_figures_and_links(smoke):
-    evaluation = {
-        "model": "cosface",
-        "label": "CosFace/AM-Softmax",
-        "flip": True,
-        "seeds": {
-            "0": {
-                "diverged_at_step": None,
-                "benchmarks": {
-                    "synth-lfw": {"accuracy": 0.5, "accuracy_std": 0.1, "accuracy_flip": 0.8125, "accuracy_flip_std": 0.025},
-                },
-            }
-        },
-    }
+    figures = PairFigures(accuracy=0.5, accuracy_std=0.1, accuracy_flip=0.8125, accuracy_flip_std=0.025,
+                         insightface_accuracy=0.5, insightface_accuracy_std=0.1, tar_at_far={})
+    seed = SeedEvaluation(diverged_at_step=None, train={}, benchmarks={"synth-lfw": figures}, timing=None)
+    evaluation = ModelEvaluation(model="cosface", label="CosFace/AM-Softmax", flip=True, seeds={0: seed})
     correct = [True] * 13 + [False] * 3  # 16 pairs, 81.25% right
     per_pair = pd.DataFrame({"seed": 0, "benchmark": "synth-lfw", "pair": range(16), "correct": correct})
     text = row_markdown(smoke, "table3", "cosface", evaluation, per_pair, ["[seed 0](http://x/#/experiments/1/runs/r)"])

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from bench.pipeline_time import evaluation_timing, loop_parts, markdown, split_stage, stage_kind, stage_times
+from pipeline.evaluate.record import EvaluationTiming, ModelEvaluation, SeedEvaluation
 
 
 def test_a_stage_runs_from_its_line_to_the_next():
@@ -43,10 +44,10 @@ def test_a_training_stage_splits_into_the_engines_parts_and_the_rest(tmp_path):
 
 def test_an_evaluation_stage_splits_into_its_seeds_embedding_and_scoring_and_the_rest(tmp_path):
     metrics = tmp_path / "reports" / "metrics" / "eval"
-    metrics.mkdir(parents=True)
-    seeds = {str(s): {"timing": {"seconds": 20.0, "images": 1000, "forward_passes": 2000}} for s in (0, 1)}
-    seeds["2"] = {"diverged_at_step": 40}  # nothing scored
-    (metrics / "cosface.json").write_text(json.dumps({"seeds": seeds}))
+    timing = EvaluationTiming(seconds=20.0, images=1000, forward_passes=2000)
+    seeds = {s: SeedEvaluation(diverged_at_step=None, train={}, benchmarks={}, timing=timing) for s in (0, 1)}
+    seeds[2] = SeedEvaluation(diverged_at_step=40, train={}, benchmarks={}, timing=None)  # nothing scored
+    ModelEvaluation("cosface", "CosFace", True, seeds).save(metrics / "cosface.json")
     assert evaluation_timing(metrics, "evaluate@cosface") == {"seconds": 40.0, "forward_passes": 4000}
     assert evaluation_timing(metrics, "evaluate@other") is None
     entry = {"stage": "evaluate@cosface", "kind": "evaluation", "seconds": 45.0}

@@ -9,6 +9,7 @@ from pipeline.core import config
 from pipeline.profiles import params
 from pipeline.core.atomic_io import write_json_atomic
 from pipeline.core.config import PROJECT_ROOT
+from pipeline.evaluate.record import ModelEvaluation, PairFigures, SeedEvaluation
 from pipeline.profiles.report import collect
 
 RUN = {"commit": "abc1234", "seconds": 1234, "cpus": 2, "load_before": "1.0 1.0 1.0", "load_after": "2.0 2.0 2.0"}
@@ -29,9 +30,10 @@ def work(tmp_path):
     write_json_atomic(reports / "align.json", {
         "train_landmarks": tally(9, ["lfw-deepfunneled/Ann/Ann_0003.jpg"]),
         "benchmarks": {"lfw-devtest": {"images": 4, "pairs": 2, "landmarks": tally(4, [])}}})
-    metrics = {"accuracy": 0.8, "accuracy_flip": 0.825, "accuracy_flip_std": 0.05, "tar_at_far_0.01": 0.4}
-    write_json_atomic(reports / "metrics" / "eval" / "cosface.json", {
-        "model": "cosface", "label": "CosFace", "seeds": {"0": {"benchmarks": {"lfw-devtest": metrics}}}})
+    figures = PairFigures(accuracy=0.8, accuracy_std=0.04, accuracy_flip=0.825, accuracy_flip_std=0.05,
+                         insightface_accuracy=0.8, insightface_accuracy_std=0.04, tar_at_far={0.01: 0.4})
+    seed = SeedEvaluation(diverged_at_step=None, train={}, benchmarks={"lfw-devtest": figures}, timing=None)
+    ModelEvaluation("cosface", "CosFace", True, {0: seed}).save(reports / "metrics" / "eval" / "cosface.json")
     (reports / "table3.md").write_text("| Row |\n")
     (reports / "cleaning_tests.csv").write_text("a,b\n")
     shutil.copyfile(PROJECT_ROOT / "params.yaml", tmp_path / "work" / "params.yaml")  # the run's own tables

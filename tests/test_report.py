@@ -10,6 +10,7 @@ import yaml
 from pipeline.core import config
 from pipeline.core.config import PROJECT_ROOT
 from pipeline.core.paths import Paths
+from pipeline.evaluate.record import IdentificationFigures, ModelEvaluation, PairFigures, SeedEvaluation
 from pipeline.experiment.recipes import trained_models
 from pipeline.experiment.runs import seed_dir
 from stages import report as report_stage
@@ -51,19 +52,22 @@ def _write_evaluations(cfg: config.Config, paths: Paths) -> None:
     for name in trained_models(cfg):
         seeds, frames = {}, []
         for seed in cfg.seeds:
-            seeds[str(seed)] = {"diverged_at_step": None, "train": {}, "benchmarks": {}}
+            scored = {}
             for bench in [*BENCHMARKS, *cfg.protocols_for(name)]:
                 logit = level.get(name, 0.8) + GROUP_PENALTY.get(bench, 0.0) + difficulty + rng.normal(0, 0.15)
                 correct = rng.random(PAIRS) < 1 / (1 + np.exp(-logit))
-                seeds[str(seed)]["benchmarks"][bench] = {"rank1": correct.mean()} if bench == IDENTIFICATION else {
-                    "accuracy": correct.mean(), "accuracy_std": 0.02, "accuracy_flip": correct.mean(),
-                    "accuracy_flip_std": 0.02,
-                }
+                accuracy = float(correct.mean())
+                if bench == IDENTIFICATION:
+                    scored[bench] = IdentificationFigures(rank1=accuracy, rank1_at={}, tar_at_far={})
+                else:
+                    scored[bench] = PairFigures(accuracy=accuracy, accuracy_std=0.02, accuracy_flip=accuracy,
+                                               accuracy_flip_std=0.02, insightface_accuracy=accuracy,
+                                               insightface_accuracy_std=0.02, tar_at_far={})
                 frames.append(pd.DataFrame({"seed": seed, "benchmark": bench, "pair": range(PAIRS), "correct": correct}))
+            seeds[seed] = SeedEvaluation(diverged_at_step=None, train={}, benchmarks=scored, timing=None)
             (seed_dir(paths, name, seed)).mkdir(parents=True)
             (seed_dir(paths, name, seed) / "train.json").write_text(json.dumps({"curve": []}))
-        paths.metrics("eval", name).parent.mkdir(parents=True, exist_ok=True)
-        paths.metrics("eval", name).write_text(json.dumps({"model": name, "flip": True, "seeds": seeds}))
+        ModelEvaluation(model=name, label=name, flip=True, seeds=seeds).save(paths.metrics("eval", name))
         paths.eval_dir(name).mkdir(parents=True)
         pd.concat(frames).to_parquet(paths.eval_dir(name) / "pairs.parquet")
     (paths.reports / "cleaning.json").write_text(json.dumps(

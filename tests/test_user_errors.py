@@ -25,6 +25,7 @@ from pipeline.data import records
 from pipeline.data.images import encode_png
 from pipeline.data.records import NO_LANDMARKS, FaceRecord, write_records
 from pipeline.core.paths import Paths
+from pipeline.evaluate.record import ModelEvaluation
 from pipeline.experiment.recipes import trained_models
 from pipeline.experiment.runs import train_recipe
 from stages import align, clean, distill, evaluate, pretrain, report, synthesize, table, train
@@ -228,8 +229,7 @@ def fake_evaluations(cfg, paths) -> None:
     """What load_evaluations reads, for every trained model: its metrics JSON and its per-pair table."""
     frame = pd.DataFrame({"seed": [0], "benchmark": ["synth-lfw"], "pair": [0], "correct": [True]})
     for name in trained_models(cfg):
-        paths.metrics("eval", name).parent.mkdir(parents=True, exist_ok=True)
-        paths.metrics("eval", name).write_text(json.dumps({"model": name, "seeds": {}}))
+        ModelEvaluation(model=name, label=name, flip=True, seeds={}).save(paths.metrics("eval", name))
         paths.eval_dir(name).mkdir(parents=True, exist_ok=True)
         frame.to_parquet(paths.eval_dir(name) / "pairs.parquet", index=False)
 

@@ -2,7 +2,6 @@
 with links to the MLflow run of each seed."""
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from pipeline.core import config
 from pipeline.core.config import Config
 from pipeline.core.paths import Paths
+from pipeline.evaluate.record import ModelEvaluation
 from pipeline.reporting import tables
 
 
@@ -55,18 +55,20 @@ def mlflow_links(cfg: Config, paths: Paths, model: str, ui: str) -> list[str]:
     return links
 
 
-def row_markdown(cfg: Config, table: str, model: str, evaluation: dict, per_pair: pd.DataFrame, links: Sequence[str]) -> str:
+def row_markdown(
+    cfg: Config, table: str, model: str, evaluation: ModelEvaluation, per_pair: pd.DataFrame, links: Sequence[str]
+) -> str:
     """One row of the table (the report's own formatting: mean over seeds with its interval) with its MLflow runs."""
-    metric = "accuracy_flip" if evaluation["flip"] else "accuracy"
+    metric = "accuracy_flip" if evaluation.flip else "accuracy"
     spec = cfg.tables[table]
-    scored = tables.order_benchmarks(sorted({b for entry in evaluation["seeds"].values() for b in entry["benchmarks"]}))
+    scored = tables.order_benchmarks(sorted(evaluation.scored_benchmarks()))
     benchmarks = tables.shown_benchmarks(spec, scored, set(cfg.protocols))
     one_row = spec.model_copy(update={"rows": {model: spec.rows[model]}})
-    labels = {model: evaluation["label"]}
+    labels = {model: evaluation.label}
     frame = tables.table(one_row, labels, {model: evaluation}, {model: per_pair}, benchmarks, metric, cfg.evaluate.alpha)
     return "\n".join(
         [
-            f"# {table}: {evaluation['label']}",
+            f"# {table}: {evaluation.label}",
             "",
             f"Row `{model}`, profile `{cfg.profile}`, {metric.replace('_', ' ')} (%), seeds {list(cfg.seeds)}: "
             f"mean over seeds [{round(100 * (1 - cfg.evaluate.alpha))}% interval].",
@@ -80,7 +82,7 @@ def row_markdown(cfg: Config, table: str, model: str, evaluation: dict, per_pair
 def publish_row(root: Path, row: RowArtifact) -> None:
     paths = Paths(root)
     cfg = config.load(root / "params.yaml")
-    evaluation = json.loads(paths.metrics("eval", row.model).read_text())
+    evaluation = ModelEvaluation.load(paths.metrics("eval", row.model))
     per_pair = pd.read_parquet(paths.eval_dir(row.model) / "pairs.parquet")
     links = mlflow_links(cfg, paths, row.model, row.mlflow_ui) if cfg.tracking.enabled else ["tracking is off"]
     create_markdown_artifact(

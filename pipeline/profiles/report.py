@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 from pipeline.core import config
 from pipeline.core.atomic_io import atomic_path, write_json_atomic
+from pipeline.evaluate.record import ModelEvaluation, PairFigures
 
 # the run's outputs copied as they are (those that exist), besides each table of its params (copied_tables)
 COPIED = ("data.json", "align.json", "cleaning.json", "seed_noise.md", "figures/curves.png")
@@ -44,21 +46,21 @@ def accuracy_rows(eval_dir: Path) -> list[dict[str, Any]]:
     """Per model and benchmark: 10-fold accuracy with the flip test (mean, std over folds), without, TAR@FAR=1%."""
     rows = []
     for path in sorted(eval_dir.glob("*.json")):
-        report = json.loads(path.read_text())
-        for seed, result in sorted(report["seeds"].items()):
-            for bench, m in sorted(result["benchmarks"].items()):
-                if "accuracy_flip" not in m:
+        evaluation = ModelEvaluation.load(path)
+        for seed, entry in evaluation.seeds.items():  # the file's order: seeds sorted as text
+            for bench, m in sorted(entry.benchmarks.items()):
+                if not isinstance(m, PairFigures):
                     continue  # identification: rank-1, in the profile's tables
-                rows.append({"model": report["model"], "label": report["label"], "seed": int(seed), "benchmark": bench,
-                             "accuracy_flip": m["accuracy_flip"], "accuracy_flip_std": m["accuracy_flip_std"],
-                             "accuracy": m["accuracy"], "tar_at_far_0.01": m.get("tar_at_far_0.01")})
+                rows.append({"model": evaluation.model, "label": evaluation.label, "seed": seed, "benchmark": bench,
+                             "accuracy_flip": m.accuracy_flip, "accuracy_flip_std": m.accuracy_flip_std,
+                             "accuracy": m.accuracy, "tar_at_far_0.01": m.tar_at_far.get(0.01)})
     if not rows:
         raise FileNotFoundError(f"{eval_dir} holds no evaluation reports (*.json)")
     return rows
 
 
 def _pct(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.2f}"
+    return "" if value is None or math.isnan(value) else f"{100 * value:.2f}"  # NaN: no threshold reaches that FAR
 
 
 def markdown(profile: str, run: dict[str, Any], data: dict[str, Any], detection: list[dict[str, Any]],

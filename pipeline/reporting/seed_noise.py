@@ -8,10 +8,12 @@ import pandas as pd
 
 from pipeline.core.config import Config
 from pipeline.reporting.tables import TableResult, setting
-from pipeline.reporting.run_statistics import RunComparison, pairing_gain
+from pipeline.reporting.run_statistics import CellEstimate, RunComparison, pairing_gain
 
 
-def row_spread(frame: pd.DataFrame, per_cell: dict[tuple[str, str], object], benchmarks: list[str]) -> str:
+def row_spread(
+    frame: pd.DataFrame, per_cell: dict[tuple[str, str], CellEstimate | None], benchmarks: list[str]
+) -> str:
     """Per model and benchmark: the seeds' values, their range and SD, and the pair-sampling SD beside it."""
     lines = [
         "| Row | benchmark | per seed | range | run-to-run SD | pair-sampling SD of the mean |",
@@ -64,7 +66,9 @@ def pairing_line(found: list[RunComparison]) -> str:
     )
 
 
-def section(title: str, result: TableResult, cells: dict[tuple[str, str], object], benchmarks: list[str]) -> str:
+def section(
+    title: str, result: TableResult, cells: dict[tuple[str, str], CellEstimate | None], benchmarks: list[str]
+) -> str:
     """One table's part of the report: its rows' spread, what pairing bought, what each open comparison needs."""
     return "\n".join([
         f"## {title}", "",

@@ -6,7 +6,6 @@ pair-sampling variance); a comparison is paired by seed and by pair, judged with
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import pandas as pd
 
 from pipeline.core.atomic_io import atomic_path
 from pipeline.core.config import Config, TableConfig
+from pipeline.evaluate.record import IdentificationFigures, ModelEvaluation, PairFigures
 from pipeline.evaluate.significance import holm_bonferroni
 from pipeline.core.paths import Paths
 from pipeline.experiment.recipes import recipes, trained_models
@@ -61,19 +61,18 @@ class Cell:
         return text + (f" ({len(self.diverged)} seed(s) diverged)" if self.diverged else "")
 
 
-def cell(report: dict, pairs: pd.DataFrame, benchmark: str, metric: str, alpha: float) -> Cell:
+def cell(evaluation: ModelEvaluation, pairs: pd.DataFrame, benchmark: str, metric: str, alpha: float) -> Cell:
     # identification has no folds: its cells have no fold SD
-    folds = [100 * e["benchmarks"][benchmark][f"{metric}_std"] for e in report["seeds"].values()
-             if f"{metric}_std" in e["benchmarks"].get(benchmark, {})]
-    diverged = tuple(e["diverged_at_step"] for e in report["seeds"].values() if e["diverged_at_step"] is not None)
+    folds = [100 * result.fold_std(metric) for e in evaluation.seeds.values()
+             if isinstance(result := e.benchmarks.get(benchmark), PairFigures)]
     seeds, matrix = correctness(pairs, benchmark)
     estimate = cell_estimate(matrix, alpha) if seeds else None
-    return Cell(estimate, float(np.mean(folds)) if folds else math.nan, diverged)
+    return Cell(estimate, float(np.mean(folds)) if folds else math.nan, evaluation.diverged_steps())
 
 
 def table(
-    spec: TableConfig, labels: dict[str, str], reports: dict[str, dict], per_pair: dict[str, pd.DataFrame],
-    benchmarks: list[str], metric: str, alpha: float,
+    spec: TableConfig, labels: dict[str, str], evaluations: dict[str, ModelEvaluation],
+    per_pair: dict[str, pd.DataFrame], benchmarks: list[str], metric: str, alpha: float,
 ) -> pd.DataFrame:
     """One row per model of `spec`: per benchmark the mean, interval, per-seed values and fold std (accuracy in
     %), then the published figures of the table's paper columns."""
@@ -81,7 +80,7 @@ def table(
     for name, entry in spec.rows.items():
         row: dict = {"model": name, "label": entry.label or labels[name]}
         for bench in benchmarks:
-            c = cell(reports[name], per_pair[name], bench, metric, alpha)
+            c = cell(evaluations[name], per_pair[name], bench, metric, alpha)
             e = c.estimate
             row[bench] = 100 * e.mean if e else math.nan
             row[f"{bench} ci_low"] = 100 * e.low if e else math.nan
@@ -92,8 +91,8 @@ def table(
             row[f"{bench} text"] = c.text()
         for key, column in spec.paper_columns.items():
             row[f"paper {column}"] = entry.paper.get(key, np.nan)
-        row["seeds"] = len(reports[name]["seeds"])
-        diverged = [e["diverged_at_step"] for e in reports[name]["seeds"].values() if e["diverged_at_step"] is not None]
+        row["seeds"] = len(evaluations[name].seeds)
+        diverged = evaluations[name].diverged_steps()
         row["diverged_at_step"] = diverged[0] if diverged else None
         records.append(row)
     return pd.DataFrame.from_records(records)
@@ -194,7 +193,7 @@ def order_benchmarks(names: list[str]) -> list[str]:
 @dataclass(frozen=True)
 class Evaluations:
     """What the evaluate stages wrote for every trained model: the figures the tables are made from."""
-    reports: dict[str, dict]  # model -> its evaluation JSON (per seed, per benchmark)
+    models: dict[str, ModelEvaluation]  # model -> its evaluation (per seed, per benchmark)
     per_pair: dict[str, pd.DataFrame]  # model -> per-pair correctness (seed, benchmark, pair, correct)
     benchmarks: list[str]  # every benchmark scored, in column order
     metric: str  # accuracy_flip or accuracy
@@ -215,12 +214,12 @@ def shown_benchmarks(spec: TableConfig, scored: list[str], held_out: frozenset[s
 
 def load_evaluations(cfg: Config, paths: Paths) -> Evaluations:
     names = trained_models(cfg)
-    reports = {n: json.loads(paths.metrics("eval", n).read_text()) for n in names}
+    models = {n: ModelEvaluation.load(paths.metrics("eval", n)) for n in names}
     all_recipes = recipes(cfg)
     return Evaluations(
-        reports=reports,
+        models=models,
         per_pair={n: pd.read_parquet(paths.eval_dir(n) / "pairs.parquet") for n in names},
-        benchmarks=order_benchmarks(sorted({b for r in reports.values() for e in r["seeds"].values() for b in e["benchmarks"]})),
+        benchmarks=order_benchmarks(sorted(set().union(*(m.scored_benchmarks() for m in models.values())))),
         metric="accuracy_flip" if cfg.evaluate.flip else "accuracy",
         labels={n: all_recipes[n].label for n in names},
         cleaned={n: all_recipes[n].cleaned for n in names},
@@ -239,7 +238,7 @@ class TableResult:
 
 def build_table(spec: TableConfig, ev: Evaluations, alpha: float) -> TableResult:
     benchmarks = ev.shown(spec)
-    frame = table(spec, ev.labels, ev.reports, ev.per_pair, benchmarks, ev.metric, alpha)
+    frame = table(spec, ev.labels, ev.models, ev.per_pair, benchmarks, ev.metric, alpha)
     tests, found = comparisons(planned_comparisons(spec), ev.per_pair, benchmarks, alpha)
     labels = {n: entry.label or ev.labels[n] for n, entry in spec.rows.items()}
     return TableResult(frame, tests, found, labels, benchmarks)
@@ -369,8 +368,8 @@ def document(cfg: Config, spec: TableConfig, result: TableResult, ev: Evaluation
 
 def _identification_note(benchmarks: list[str], ev: Evaluations) -> str:
     """How an identification column's cell is made, when the table has one."""
-    found = [b for b in benchmarks if any("rank1" in e["benchmarks"].get(b, {})
-                                          for r in ev.reports.values() for e in r["seeds"].values())]
+    found = [b for b in benchmarks if any(isinstance(e.benchmarks.get(b), IdentificationFigures)
+                                          for m in ev.models.values() for e in m.seeds.values())]
     if not found:
         return ""
     return (f"; {', '.join(found)}: the rank-1 identification rate (%) of the probes against the gallery with every "
