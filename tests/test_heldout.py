@@ -1,30 +1,113 @@
-"""The held-out protocols (cross-pose, cross-age, per-group, identification): what each pair or image must be, the
-identities they draw, the set on disk, and a model's identification checked against a brute-force search."""
+"""The held-out protocols (cross-pose, cross-age, per-group, identification): every registered kind parsed, checked
+and built on a tiny block, what each pair or image must be, the identities they draw, the set on disk, and a model's
+identification checked against a brute-force search."""
 from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from pipeline.core import config
+from pipeline.data import heldout_protocols
+from pipeline.data.heldout.base import KINDS
+from pipeline.data.heldout.cross_age import CrossAgeSpec
+from pipeline.data.heldout.cross_pose import CrossPoseSpec
+from pipeline.data.heldout.group import GroupSpec
+from pipeline.data.heldout.identification import IdentificationSpec
+from pipeline.data.heldout.kinds import parse
+from pipeline.data.heldout.scoring import Scoring
 from pipeline.data.identification_sets import ROLES, read_identification_set, write_identification_set
+from pipeline.data.loader import load_benchmark_arrays
 from pipeline.data.records import FaceRecord
 from pipeline.data.images import encode_png
 from pipeline.data.synthetic import SyntheticSpec
-from pipeline.data.synthetic.heldout import (
-    CrossAgeSpec,
-    CrossPoseSpec,
-    GroupSpec,
-    IdentificationSpec,
-    parse,
-    plan,
-)
 from pipeline.data.synthetic.protocols import PROTOCOLS, plan_training
 from pipeline.data.synthetic.spec import IDENTITY_BLOCK
 from pipeline.data.synthetic.traits import Population, make_identity
 from pipeline.evaluate.identification_set import identify
+from tests.test_lfw import DEVTEST, DEVTRAIN, photo_path, write_photo
 
 SPEC = SyntheticSpec(train_identities=20)
+
+# A tiny params block of every registered kind (a synthetic one on a block of its own), for the tests that go over
+# the registry; a new kind needs one here.
+TINY = {
+    "cross_pose": {"block": 4, "families_per_fold": 2, "family_size": 2, "images_per_identity": 2,
+                   "profile_per_identity": 1, "folds": 2, "pairs_per_fold": 2},
+    "cross_age": {"block": 5, "families_per_fold": 2, "family_size": 2, "images_per_identity": 3, "folds": 2,
+                  "pairs_per_fold": 2},
+    "group": {"block": 6, "identities_per_fold": 3, "images_per_identity": 2, "folds": 2, "pairs_per_fold": 2},
+    "identification": {"block": 7, "probe_identities": 3, "probes_per_identity": 2, "distractors": 5,
+                       "distractor_counts": [2, 5], "fars": [0.1]},
+    "lfw_identification": {"distractor_counts": [1, 2], "fars": [0.1]},
+}
+
+
+def _tiny(kind: str) -> dict:
+    assert kind in TINY, f"held-out kind {kind!r} is registered but tests/test_heldout.py has no TINY block for it"
+    return {"kind": kind, **TINY[kind]}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[dict, Path]:
+    """Every registered kind built by stage protocols' builder from its tiny block, on the smoke profile's synthetic
+    source and a fake LFW tree."""
+    tmp = tmp_path_factory.mktemp("heldout")
+    rows = []
+    for split, persons in (("devtrain", DEVTRAIN), ("devtest", DEVTEST)):
+        for person, count in persons.items():
+            for number in range(1, count + 1):
+                rows.append((photo_path(person, number), person, split))
+                write_photo(tmp / "lfw" / photo_path(person, number), len(rows))
+    pd.DataFrame(rows, columns=["image", "identity", "view1_split"]).to_csv(tmp / "lfw" / "labels.csv", index=False)
+    cfg = config.load(profile="smoke")
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"lfw_root": str(tmp / "lfw")}),
+                                 "protocols": {kind: _tiny(kind) for kind in KINDS.names()}})
+    return heldout_protocols.build(cfg, tmp / "protocols"), tmp / "protocols"
+
+
+@pytest.mark.parametrize("kind", KINDS.names())
+def test_every_kind_parses_its_tiny_block_and_refuses_an_unknown_parameter(kind):
+    spec = parse({"p": _tiny(kind)})["p"]
+    assert type(spec) is KINDS.get(kind) and spec.kind == kind
+    with pytest.raises(ValueError, match="protocols.p: unknown parameter"):
+        parse({"p": {**_tiny(kind), "sideways": 1}})
+
+
+@pytest.mark.parametrize("kind", KINDS.names())
+def test_every_count_of_every_kind_is_refused_below_one_by_name(kind):
+    counts = [f.name for f in dataclasses.fields(KINDS.get(kind)) if f.type in (int, "int") and f.name != "block"]
+    for name in counts:
+        with pytest.raises(ValueError, match=f"protocols.p.{name} must be an integer >= 1, got 0"):
+            parse({"p": {**_tiny(kind), name: 0}})
+
+
+@pytest.mark.parametrize("kind", KINDS.names())
+def test_every_kind_builds_the_layout_its_scoring_reads(built, kind):
+    summary, out = built
+    spec = parse({kind: _tiny(kind)})[kind]
+    assert summary["protocols"][kind]["kind"] == kind and not summary["skipped"]
+    assert Scoring.of(out / kind) is spec.scoring
+    if spec.scoring is Scoring.VERIFICATION:
+        images, pairs = load_benchmark_arrays(out / kind)
+        assert len(images) == summary["protocols"][kind]["images"]
+        assert pairs["fold"].nunique() == spec.pair_folds() and len(pairs) == summary["protocols"][kind]["pairs"]
+    else:
+        data = read_identification_set(out / kind)
+        assert spec.pair_folds() is None and data.distractor_counts == spec.distractor_counts
+        assert len(data.images) == summary["protocols"][kind]["images"]
+
+
+@pytest.mark.parametrize("kind", KINDS.names())
+def test_a_kind_the_data_source_cannot_give_is_skipped_with_the_reason(kind):
+    cfg = config.load(profile="smoke")
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": "folders", "lfw_root": None})})
+    reason = parse({"p": _tiny(kind)})["p"].unavailable(cfg)
+    assert reason and ("data.source is 'folders'" in reason or "data.lfw_root is not set" in reason)
 
 
 def _yaw(plan_, row: int) -> float:
@@ -34,7 +117,7 @@ def _yaw(plan_, row: int) -> float:
 def test_cross_pose_pairs_are_frontal_against_profile_and_negatives_are_lookalikes():
     spec = CrossPoseSpec(block=4, families_per_fold=4, family_size=3, images_per_identity=4, profile_per_identity=2,
                          folds=3, pairs_per_fold=12)
-    p = plan(SPEC, "x", spec)
+    p = spec.plan(SPEC, "x")
     assert len(p.pairs) == 3 * 24 and p.hard_negatives == 3 * 12
     nuisance = SPEC.nuisance
     for a, b, same in p.pairs[["a", "b", "same"]].itertuples(index=False):
@@ -48,7 +131,7 @@ def test_cross_pose_pairs_are_frontal_against_profile_and_negatives_are_lookalik
 def test_cross_age_pairs_span_the_gap_and_negatives_are_lookalikes():
     spec = CrossAgeSpec(block=5, families_per_fold=4, family_size=3, images_per_identity=5, min_age_gap=20.0, folds=2,
                         pairs_per_fold=12)
-    p = plan(SPEC, "x", spec)
+    p = spec.plan(SPEC, "x")
     for a, b, same in p.pairs[["a", "b", "same"]].itertuples(index=False):
         assert abs(p.jobs[a].nuisance.age - p.jobs[b].nuisance.age) >= 20.0
         ia, ib = p.jobs[a].identity, p.jobs[b].identity
@@ -59,8 +142,8 @@ def test_cross_age_pairs_span_the_gap_and_negatives_are_lookalikes():
 
 def test_family_strength_sets_how_alike_a_family_is():
     def spread(strength: float) -> float:
-        p = plan(SPEC, "x", CrossPoseSpec(block=4, families_per_fold=30, family_size=2, folds=1, pairs_per_fold=10,
-                                          family_strength=strength))
+        p = CrossPoseSpec(block=4, families_per_fold=30, family_size=2, folds=1, pairs_per_fold=10,
+                          family_strength=strength).plan(SPEC, "x")
         members = {j.identity.id: j.identity for j in p.jobs}
         gaps = [abs(a.traits.values["skin_tone"] - b.traits.values["skin_tone"])
                 for a in members.values() for b in members.values() if a.root == b.root and a.id < b.id]
@@ -70,7 +153,7 @@ def test_family_strength_sets_how_alike_a_family_is():
 
 
 def test_families_are_a_root_and_its_lookalikes():
-    p = plan(SPEC, "x", CrossPoseSpec(block=4, families_per_fold=3, family_size=4, folds=1, pairs_per_fold=6))
+    p = CrossPoseSpec(block=4, families_per_fold=3, family_size=4, folds=1, pairs_per_fold=6).plan(SPEC, "x")
     roots = pd.Series({j.identity.id: j.identity.root for j in p.jobs})
     assert roots.value_counts().tolist() == [4, 4, 4]  # three families of four
     assert all(root in roots.index and roots[root] == root for root in roots)  # each root is itself a member
@@ -91,9 +174,9 @@ def test_a_shifted_population_moves_its_traits_and_the_unshifted_one_is_the_trai
 
 
 def test_group_protocol_draws_from_its_population():
-    a = plan(SPEC, "a", GroupSpec(block=6, identities_per_fold=20, images_per_identity=2, folds=2, pairs_per_fold=10))
-    b = plan(SPEC, "b", GroupSpec(block=7, shift={"skin_tone": -2.0}, identities_per_fold=20, images_per_identity=2,
-                                  folds=2, pairs_per_fold=10))
+    a = GroupSpec(block=6, identities_per_fold=20, images_per_identity=2, folds=2, pairs_per_fold=10).plan(SPEC, "a")
+    b = GroupSpec(block=7, shift={"skin_tone": -2.0}, identities_per_fold=20, images_per_identity=2, folds=2,
+                  pairs_per_fold=10).plan(SPEC, "b")
     tone = lambda p: np.mean([j.identity.traits.values["skin_tone"] for j in p.jobs])  # noqa: E731
     assert tone(b) < tone(a) - 0.3
 
@@ -101,7 +184,7 @@ def test_group_protocol_draws_from_its_population():
 def test_identification_roles_and_identities():
     spec = IdentificationSpec(block=10, probe_identities=5, probes_per_identity=3, distractors=30,
                               distractor_counts=[10, 30])
-    p = plan(SPEC, "m", spec)
+    p = spec.plan(SPEC, "m")
     roles = p.roles
     assert len(roles) == len(p.jobs) == 5 * 4 + 30
     mates, probes, distractors = (roles[roles["role"] == ROLES.index(r)] for r in ROLES)
@@ -113,18 +196,13 @@ def test_identification_roles_and_identities():
 
 
 def test_held_out_identities_are_disjoint_from_training_the_pair_protocols_and_each_other():
-    specs = parse({
-        "pose": {"kind": "cross_pose", "block": 4, "families_per_fold": 2, "family_size": 2, "folds": 1, "pairs_per_fold": 2},
-        "age": {"kind": "cross_age", "block": 5, "families_per_fold": 2, "family_size": 2, "folds": 1, "pairs_per_fold": 2},
-        "group": {"kind": "group", "block": 6, "identities_per_fold": 4, "images_per_identity": 2, "folds": 1,
-                  "pairs_per_fold": 2},
-        "ident": {"kind": "identification", "block": 7, "probe_identities": 3, "distractors": 5, "distractor_counts": [5]},
-    })
+    specs = parse({kind: _tiny(kind) for kind in KINDS.names()})
     seen = {"train": {j.identity.id for j in plan_training(SPEC)}}
     for name, protocol in SPEC.protocols.items():
         seen[name] = {j.identity.id for j in PROTOCOLS.get(name)(SPEC, protocol, name).jobs}
     for name, spec in specs.items():
-        seen[name] = {j.identity.id for j in plan(SPEC, name, spec).jobs}
+        if spec.identity_block() is not None:  # drawn by the generator
+            seen[name] = {j.identity.id for j in spec.plan(SPEC, name).jobs}
     names = list(seen)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
@@ -149,7 +227,7 @@ def test_too_small_a_protocol_is_refused_with_its_name():
     spec = CrossPoseSpec(block=4, families_per_fold=2, family_size=2, images_per_identity=2, profile_per_identity=1,
                          folds=1, pairs_per_fold=50)
     with pytest.raises(ValueError, match="protocols.tiny fold 0"):
-        plan(SPEC, "tiny", spec)
+        spec.plan(SPEC, "tiny")
 
 
 def _record(pixels: np.ndarray, identity: int) -> FaceRecord:

@@ -229,7 +229,7 @@ class Config(Section):
     distill: DistillConfig
     evaluate: EvaluateConfig
     # held-out test protocols of stage `protocols`: name -> {kind, block, sizes} (checked by
-    # pipeline.data.synthetic.heldout.parse in stage validate, so the generator stays off every other stage's path)
+    # pipeline.data.heldout.kinds.parse in stage validate, so the generator stays off every other stage's path)
     protocols: dict[str, dict[str, Any]]
     tables: dict[str, TableConfig]
     tracking: TrackingConfig

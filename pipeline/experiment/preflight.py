@@ -21,7 +21,8 @@ from pipeline.core.config import Config, text_number_hint
 from pipeline.data import insightface, lfw
 from pipeline.data.folders import HELDOUT_PROTOCOL
 from pipeline.data.synthetic import SyntheticSpec
-from pipeline.data.synthetic.heldout import HeldoutSpec, is_synthetic, parse
+from pipeline.data.heldout.base import HeldoutSpec
+from pipeline.data.heldout.kinds import parse
 from pipeline.experiment.recipes import BOOTSTRAP, PRETRAIN, STUDENT, TEACHER, Recipe, recipes
 from pipeline.experiment.runs import build_backbone, build_head
 
@@ -136,10 +137,11 @@ def pair_protocol_folds(
     if cfg.data.source == "synthetic":
         for name, spec in synthetic.protocols.items():
             found[name] = (spec.folds, f"data.synthetic.protocols.{name}.folds")
-        evaluated = {name for model in cfg.evaluated_models() for name in cfg.protocols_for(model)}
-        for name, spec in heldout.items():
-            if name in evaluated and is_synthetic(spec) and hasattr(spec, "folds"):  # identification has none
-                found[name] = (spec.folds, f"protocols.{name}.folds")
+    evaluated = {name for model in cfg.evaluated_models() for name in cfg.protocols_for(model)}
+    for name, spec in heldout.items():
+        folds = spec.pair_folds()  # None: an identification set, scored without folds
+        if name in evaluated and folds is not None and spec.unavailable(cfg) is None:
+            found[name] = (folds, f"protocols.{name}.folds")
     if cfg.data.source == "lfw":
         found[lfw.DEVTEST] = (lfw.DEVTEST_FOLDS, "pipeline.data.lfw.DEVTEST_FOLDS")
     elif cfg.data.lfw_root:
