@@ -13,7 +13,8 @@ from tqdm import tqdm
 
 from pipeline.core import stage
 from pipeline.core.config import Config
-from pipeline.data.identification_sets import IdentificationSet, is_identification_set, read_identification_set
+from pipeline.data.heldout.scoring import Scoring
+from pipeline.data.identification_sets import IdentificationSet, read_identification_set
 from pipeline.data.loader import load_benchmark_arrays
 from pipeline.core.devices import resolve_device
 from pipeline.evaluate.embeddings import evaluate_pairs
@@ -36,10 +37,11 @@ def run(cfg: Config, paths: Paths, model: str) -> ModelEvaluation:
     held_out = [paths.protocols] if cfg.protocols_for(model) else []
     stage.require(paths, paths.benchmarks(paths.aligned), *trained, *held_out)
     device = resolve_device(cfg.train.device)
-    benchmarks = {d.name: load_benchmark_arrays(d) for d in sorted(paths.benchmarks(paths.aligned).iterdir())}
+    benchmarks = {d.name: (Scoring.VERIFICATION, load_benchmark_arrays(d))
+                  for d in sorted(paths.benchmarks(paths.aligned).iterdir())}
     protocols = {**benchmarks, **_held_out_protocols(cfg, paths, model)}
-    for name, data in protocols.items():
-        if isinstance(data, tuple) and data[1]["fold"].nunique() != cfg.evaluate.folds:
+    for name, (scoring, data) in protocols.items():
+        if scoring is Scoring.VERIFICATION and data[1]["fold"].nunique() != cfg.evaluate.folds:
             raise ValueError(
                 f"benchmark {name} has {data[1]['fold'].nunique()} folds but evaluate.folds is {cfg.evaluate.folds}"
             )
@@ -54,13 +56,14 @@ def run(cfg: Config, paths: Paths, model: str) -> ModelEvaluation:
         timing = None
         if diverged_at_step is None:
             started = time.perf_counter()
-            for name, data in protocols.items():
+            for name, (scoring, data) in protocols.items():
                 progress.update()
-                metrics, correct = _score(cfg, backbone, device, data)
+                metrics, correct = _SCORERS[scoring](cfg, backbone, device, data)
                 scored[name] = benchmark_figures(metrics, f"{model} seed {seed} on {name}")
                 per_pair.append(pd.DataFrame({"seed": seed, "benchmark": name, "pair": range(len(correct)),
                                               "correct": correct}))
-            images = sum(len(data.images if isinstance(data, IdentificationSet) else data[0]) for data in protocols.values())
+            images = sum(len(data.images if scoring is Scoring.IDENTIFICATION else data[0])
+                         for scoring, data in protocols.values())
             # for bench/pipeline_time.py: every protocol's images embedded (twice with the flip test) and scored
             timing = EvaluationTiming(seconds=time.perf_counter() - started, images=images,
                                       forward_passes=images * (2 if cfg.evaluate.flip else 1))
@@ -75,29 +78,39 @@ def run(cfg: Config, paths: Paths, model: str) -> ModelEvaluation:
     return evaluation
 
 
-def _held_out_protocols(cfg: Config, paths: Paths, model: str) -> dict[str, tuple | IdentificationSet]:
+ProtocolData = tuple[np.ndarray, pd.DataFrame] | IdentificationSet  # as its Scoring's reader gives it
+
+
+def _held_out_protocols(cfg: Config, paths: Paths, model: str) -> dict[str, tuple[Scoring, ProtocolData]]:
     """The held-out protocols of stage `protocols` that the tables showing `model` list (what stage validate writes
-    into its evaluation plan, the file DVC watches); one the protocols stage skipped for this data source is left
-    out, as its summary says."""
+    into its evaluation plan, the file DVC watches), each with its scoring, told by its layout; one the protocols
+    stage skipped for this data source is left out, as its summary says."""
     found = {}
     for name in cfg.protocols_for(model):
         directory = paths.protocols / name
         if not directory.is_dir():
             continue  # reports/protocols.json says why (a synthetic protocol on another data source)
-        found[name] = read_identification_set(directory) if is_identification_set(directory) else load_benchmark_arrays(directory)
+        scoring = Scoring.of(directory)
+        found[name] = (scoring, _READERS[scoring](directory))
     return found
 
 
-def _score(cfg: Config, backbone, device, data: tuple | IdentificationSet) -> tuple[dict, np.ndarray]:
-    """A protocol's figures and its per-item correctness (pairs: the 10-fold decision; identification: rank-1 with
-    every distractor), with or without the flip test as evaluate.flip says."""
-    if isinstance(data, IdentificationSet):
-        found = identify(backbone, data, cfg.evaluate.flip, device, cfg.evaluate.batch_size, cfg.train.channels_last)
-        return found.to_metrics(), found.hits
+def _verification(cfg: Config, backbone, device, data: tuple[np.ndarray, pd.DataFrame]) -> tuple[dict, np.ndarray]:
+    """Pairs: the 10-fold figures and each pair's decision, with or without the flip test as evaluate.flip says."""
     images, pairs = data
     result = evaluate_pairs(backbone, images, pairs, device=device, batch_size=cfg.evaluate.batch_size,
                             fars=cfg.evaluate.fars, channels_last=cfg.train.channels_last)
     return result.to_metrics(), result.correct_flip if cfg.evaluate.flip else result.correct
+
+
+def _identification(cfg: Config, backbone, device, data: IdentificationSet) -> tuple[dict, np.ndarray]:
+    """1:N search: rank-1 and TAR figures and each probe's rank-1 hit with every distractor."""
+    found = identify(backbone, data, cfg.evaluate.flip, device, cfg.evaluate.batch_size, cfg.train.channels_last)
+    return found.to_metrics(), found.hits
+
+
+_READERS = {Scoring.VERIFICATION: load_benchmark_arrays, Scoring.IDENTIFICATION: read_identification_set}
+_SCORERS = {Scoring.VERIFICATION: _verification, Scoring.IDENTIFICATION: _identification}
 
 
 def _track(cfg: Config, paths: Paths, recipe: Recipe, seed: int, meta: dict, entry: SeedEvaluation) -> None:
