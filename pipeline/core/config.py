@@ -158,7 +158,7 @@ class DistillConfig(Section):
     teacher_head: str
     teacher_margins: dict[str, float | str]
     teacher_iterations: int | None = Field(ge=1)  # null: train.iterations
-    # linear lr warm-up of the teacher alone (the margin rows keep the paper's schedule; README, distillation)
+    # linear lr warm-up of the teacher alone (the margin rows keep the paper's schedule; docs/findings.md, "Distillation")
     teacher_warmup_iterations: int = Field(ge=0)
     student_row: str  # the plain student this is compared with (same head and margins)
     weight: float = Field(ge=0)  # feature distillation weight beside the margin loss

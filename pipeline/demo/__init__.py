@@ -1,1 +1,1 @@
-"""A web demo of face verification with a model the pipeline trained: `bash scripts/demo` (see README)."""
+"""A web demo of face verification with a model the pipeline trained: `bash scripts/demo` (see docs/demo.md)."""

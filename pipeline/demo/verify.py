@@ -10,7 +10,6 @@ convention of pipeline.evaluate.verification.
 from __future__ import annotations
 
 import io
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from pipeline.data.loader import load_benchmark_arrays
 from pipeline.core.devices import resolve_device
 from pipeline.data.detect import Detection, LandmarkDetector, detection_size
 from pipeline.evaluate.embeddings import extract_embeddings, pair_scores
+from pipeline.evaluate.record import ModelEvaluation, PairFigures, SeedEvaluation
 from pipeline.evaluate.verification import cosine_scores, fold_mean_std, fold_predictions
 from pipeline.core.paths import Paths
 from pipeline.experiment.recipes import recipes
@@ -67,20 +67,25 @@ def accuracy_key(flip: bool) -> str:
     return "accuracy_flip" if flip else "accuracy"
 
 
+def pair_protocols(entry: SeedEvaluation) -> dict[str, PairFigures]:
+    """The seed's verification protocols: a 1:N identification set has no pair threshold to serve."""
+    return {name: figures for name, figures in entry.benchmarks.items() if isinstance(figures, PairFigures)}
+
+
 def default_checkpoint(paths: Paths, protocol: str | None) -> Path:
     """The evaluated model with the highest recorded 10-fold accuracy on the protocol, among those whose weights
     are on disk. It is picked on its test figure, so that figure is no unbiased estimate: it is shown, not claimed."""
     eval_dir = paths.metrics("eval", "x").parent
     best: tuple[float, str, Path] | None = None
     for metrics_path in sorted(eval_dir.glob("*.json")):
-        record = json.loads(metrics_path.read_text())
-        for seed, entry in record.get("seeds", {}).items():
-            weights = seed_dir(paths, record["model"], int(seed)) / "model.pt"
-            benchmarks = entry.get("benchmarks") or {}
-            if not benchmarks or not weights.is_file():
+        record = ModelEvaluation.load(metrics_path)
+        for seed, entry in record.seeds.items():
+            weights = seed_dir(paths, record.model, seed) / "model.pt"
+            pairs = pair_protocols(entry)
+            if not pairs or not weights.is_file():
                 continue
-            metrics = benchmarks[choose_protocol(sorted(benchmarks), protocol, metrics_path)]
-            candidate = (metrics[accuracy_key(record["flip"])], str(weights), weights)
+            figures = pairs[choose_protocol(sorted(pairs), protocol, metrics_path)]
+            candidate = (getattr(figures, accuracy_key(record.flip)), str(weights), weights)
             if best is None or candidate[:2] > best[:2]:
                 best = candidate
     if best is None:
@@ -133,14 +138,14 @@ def calibrate(
         raise FileNotFoundError(
             f"{metrics_path} does not exist: model {model} has not been evaluated; run `dvc repro {evaluate_stage(model)}`"
         )
-    record = json.loads(metrics_path.read_text())
-    entry = record.get("seeds", {}).get(str(seed))
+    record = ModelEvaluation.load(metrics_path)
+    entry = record.seeds.get(seed)
     if entry is None:
         raise DemoError(f"{metrics_path} has no evaluation of seed {seed}; run `dvc repro {evaluate_stage(model)}`")
-    benchmarks = entry.get("benchmarks") or {}
-    name = choose_protocol(sorted(benchmarks), protocol, metrics_path)
-    flip = bool(record["flip"])
-    recorded = float(benchmarks[name][accuracy_key(flip)])
+    pairs = pair_protocols(entry)
+    name = choose_protocol(sorted(pairs), protocol, metrics_path)
+    flip = record.flip
+    recorded = getattr(pairs[name], accuracy_key(flip))
     bench_dir = paths.benchmarks(paths.aligned) / name
     if not bench_dir.is_dir():
         raise FileNotFoundError(f"aligned protocol {bench_dir} does not exist; run `dvc repro align`")

@@ -22,7 +22,7 @@ def airface(
     # gate="sigmoid" gives plain CBAM, for an ablation of the paper's change.
     # zero_init_residual: with the default init, the 34 attention-gated bottlenecks gave a first-step gradient norm of
     # 391 (MobileFaceNet: 48) and the embedding collapsed to a constant within 12 steps even at lr 0.012 (cpu profile);
-    # with it, the norm was 27 at step 15 and training went on (README, "distillation").
+    # with it, the norm was 27 at step 15 and training went on (docs/findings.md, "Distillation").
     spec = GDCNetSpec(stem_channels=64, stages=AIRFACE_STAGES, last_channels=1024,
                       attention=CBAMSpec(reduction=reduction, gate=gate), zero_init_residual=zero_init_residual)
     return GDCNet(spec, embedding_size, input_size, "airface")
