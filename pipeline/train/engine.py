@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -175,6 +175,63 @@ def _batches(dataset: Dataset, sampler: Iterable[list[int]], num_workers: int, d
     )
 
 
+@dataclass
+class _Run:
+    """What the parts of one run share: the job, where it trains and writes, its modules and optimiser, the step it is
+    at, and the history that its checkpoints carry (figures, curve, images, seconds, timing, divergence)."""
+
+    job: TrainJob
+    out_dir: Path
+    tracker: Tracker
+    ctx: distributed.DistContext | None
+    device: torch.device
+    memory_format: torch.memory_format
+    backbone: nn.Module
+    head: nn.Module
+    teacher: nn.Module | None
+    projection: _Projection | None
+    outside_ddp: list[nn.Parameter]  # the head's and the projection's: DDP does not reduce their gradients
+    trainable: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    model: nn.Module  # the backbone as it is called: DDP-wrapped and compiled by `_start_loop`
+    step: int = 0
+    history: dict[str, Any] = field(default_factory=lambda: {"last_finite": {}, "seconds": 0.0, "images": 0})
+    segment_started: float = 0.0  # since when wall time is not yet in history["seconds"]
+
+    @property
+    def writer(self) -> bool:
+        return distributed.writes(self.ctx)
+
+    @property
+    def sharded(self) -> bool:
+        return isinstance(self.head, ShardedMarginHead)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    @property
+    def diverged_at(self) -> int | None:
+        return self.history.get("diverged_at_step")
+
+    def bank_seconds(self) -> None:
+        """Adds the wall time since the last call to history["seconds"] (at checkpoints and at the end)."""
+        now = time.perf_counter()
+        self.history["seconds"] += now - self.segment_started
+        self.segment_started = now
+
+
+@dataclass
+class _StepTaken:
+    """What one optimisation step leaves for the loop: its figures (still on the device) and its learning rate."""
+
+    loss: torch.Tensor  # this rank's (a replicated head) or the global batch's (a sharded head)
+    correct: torch.Tensor  # the share of the batch classified right, in the same sense
+    images: int  # on this rank
+    lr: float
+
+
 def train(
     job: TrainJob,
     dataset: Dataset,
@@ -191,195 +248,279 @@ def train(
     job.description)`, so that the checkpoint is judged (and why not logged) once; None judges it here.
     """
     cfg = job.train
-    tracker = tracker or NullTracker()
-    ctx, device = distributed.setup(resolve_device(cfg.device))
-    writer = distributed.writes(ctx)
-    sharded = isinstance(job.head, ShardedMarginHead)
-    if sharded:
-        _check_sharded(job)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "checkpoint.pt"
-
-    torch.manual_seed(job.seed)
-    backbone = job.backbone.to(device=device, memory_format=memory_format)
-    head = job.head.to(device)
-    extra: list[nn.Parameter] = list(head.parameters())
-    projection: _Projection | None = None
-    teacher = job.teacher
-    if teacher is not None:
-        teacher = teacher.to(device=device, memory_format=memory_format).eval().requires_grad_(False)
-        with torch.no_grad():
-            probe = torch.zeros(1, 3, *dataset[0][0].shape[-2:], device=device)
-            student_dim = backbone.eval()(probe).shape[1]
-            teacher_dim = teacher(probe).shape[1]
-        projection = _Projection(student_dim, teacher_dim).to(device)
-        extra += list(projection.parameters())
-    groups = parameter_groups(backbone, backbone.embedding_layers(), extra, job.weight_decay, job.embedding_wd_mult)
-    optimizer = make_optimizer(groups, cfg.lr, cfg.momentum, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    trainable = [p for g in groups for p in g["params"]]
-
-    start_step, history = 0, {"last_finite": {}, "seconds": 0.0, "images": 0}
+    run = _setup(job, dataset, out_dir, tracker or NullTracker())
     if resume is None:
         resume = resumable(out_dir, job.description)
-    if resume:  # every rank loads rank 0's checkpoint (a shared file system)
-        state = checkpoint.load(ckpt_path, map_location=device)
-        backbone.load_state_dict(state["backbone"])
-        if projection is not None:
-            projection.load_state_dict(state["projection"])
-        distributed.load_training_state(head, optimizer, state["head"], state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(state["rng"])
-        start_step, history = state["step"], state["history"]
-        history.setdefault("resumed_from", []).append(start_step)
-        log.info("%s: resumed from step %d of %d (%s)", job.name, start_step, cfg.iterations, ckpt_path)
-        tracker.log_metrics({"resumed_from_step": start_step}, step=start_step)
-
-    if not sharded:
-        distributed.broadcast_(head.parameters(), ctx)
-    model = distributed.wrap_backbone(backbone, ctx, device, sum_gradients=sharded)
-    model = compile_for_training(model, cfg.compile)
-    sampler = distributed.batch_sampler(len(dataset), cfg.batch_size, job.seed, start_step, cfg.iterations, ctx)
-    loader = _batches(dataset, sampler, cfg.num_workers, device)
-
-    def save_checkpoint(step: int) -> None:
-        head_state, optimizer_state = distributed.full_training_state(head, optimizer)  # a collective: every rank
-        if not writer:
-            return
-        checkpoint.save(
-            ckpt_path,
-            {
-                "step": step,
-                "description": job.description,
-                "backbone": backbone.state_dict(),
-                "head": head_state,
-                "projection": projection.state_dict() if projection is not None else None,
-                "optimizer": optimizer_state,
-                "scaler": scaler.state_dict(),
-                "rng": checkpoint.rng_state(),
-                "history": history,
-            },
-        )
-
-    diverged_at: int | None = history.get("diverged_at_step")
-    step = start_step
-    started = time.perf_counter()
-    loss_value, accuracy = math.nan, math.nan
-    backbone.train()
-    head.train()
+    if resume:
+        _resume(run)
+    batches = _start_loop(run, dataset)
     # rate and time left for a person at a terminal; silent in logs and under DVC's captured output
-    progress = tqdm(total=cfg.iterations, initial=start_step, desc=job.name, unit="step", disable=None if writer else True)
-    clock = LoopClock(history.setdefault("timing", {}))
-    batches = iter(loader)
-    while diverged_at is None:
+    progress = tqdm(
+        total=cfg.iterations, initial=run.step, desc=job.name, unit="step", disable=None if run.writer else True
+    )
+    clock = LoopClock(run.history.setdefault("timing", {}))
+    while run.diverged_at is None:
         with clock.part("data"):
             batch = next(batches, None)
         if batch is None:
             break
-        images, labels = batch
         step_started = time.perf_counter()
-        factor = step_lr_factor(step, cfg.iterations, cfg.lr_milestones, cfg.lr_gamma, cfg.warmup_iterations)
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * factor
-        if cfg.flip_augment:
-            mask = distributed.rank_flip_mask(cfg.batch_size, job.seed, step, ctx)
-            images = torch.where(mask[:, None, None, None], images.flip(-1), images)
-        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-        labels = labels.to(device, non_blocking=True)
-        with _autocast(device, cfg.amp):
-            embeddings = model(images)
-            if sharded:  # the global batch's loss and accuracy, softmax reduced across ranks
-                output = head(embeddings, labels, step)
-                loss, correct = output.loss, output.accuracy
-            else:
-                cosine = head.cosine(embeddings)
-                loss = head.loss(head.logits(cosine, labels), labels)
-                correct = (cosine.detach().argmax(dim=1) == labels).float().mean()
-            if teacher is not None and projection is not None:
-                with torch.no_grad():
-                    target = teacher(images)
-                loss = loss + job.distill_weight * distillation_loss(projection(embeddings.float()), target)
-        optimizer.zero_grad(set_to_none=True)
-        finite = distributed.all_ranks(bool(torch.isfinite(loss)), ctx, device)
-        if finite:
-            scaler.scale(loss).backward()
-            if not sharded:
-                distributed.average_gradients_(extra, ctx)  # DDP reduced the backbone's; the head's and projection's
-            scaler.unscale_(optimizer)
-            # fp16: the scaler skips steps with non-finite gradients itself
-            finite = distributed.all_ranks(_all_finite(trainable), ctx, device) or cfg.amp == "fp16"
-            if finite and cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-        if not finite:
-            diverged_at = step
-            history["diverged_at_step"] = step
-            tracker.log_metrics({"diverged_at_step": step}, step=step)
+        images, labels = batch
+        taken = _step(run, images, labels)
+        if taken is None:
             break
-        scaler.step(optimizer)
-        scaler.update()
-        step += 1
         progress.update()
-        curve_due = cfg.curve_every and (step % cfg.curve_every == 0 or step == cfg.iterations)
-        saving = step % cfg.checkpoint_every == 0 or step == cfg.iterations
-        if (curve_due or saving) and not distributed.all_ranks(_state_finite(trainable, [backbone, head]), ctx, device):
-            diverged_at = step - 1  # the step just taken left the weights non-finite
-            history["diverged_at_step"] = diverged_at
-            tracker.log_metrics({"diverged_at_step": diverged_at}, step=diverged_at)
+        curve_due = bool(cfg.curve_every) and (run.step % cfg.curve_every == 0 or run.step == cfg.iterations)
+        saving = run.step % cfg.checkpoint_every == 0 or run.step == cfg.iterations
+        if (curve_due or saving) and not _weights_finite(run):
             break
-        # a replicated head's figures are its slice's: their mean over ranks is the global batch's
-        loss_value = float(loss.detach()) if sharded else distributed.mean_over_ranks(float(loss.detach()), ctx, device)
-        accuracy = float(correct) if sharded else distributed.mean_over_ranks(float(correct), ctx, device)
-        history["last_finite"] = {"loss": loss_value, "train_accuracy": accuracy, "step": step}
-        history["images"] += images.shape[0] * (ctx.world_size if ctx else 1)
+        figures = _record_figures(run, taken)
         clock.add("steps", time.perf_counter() - step_started)  # to the first host read of the loss: a CUDA sync
-        if step % cfg.log_every == 0 or step == cfg.iterations:
+        if run.step % cfg.log_every == 0 or run.step == cfg.iterations:
             with clock.part("tracking"):
-                tracker.log_metrics({"loss": loss_value, "train_accuracy": accuracy, "lr": cfg.lr * factor}, step=step)
-        curve, blew_up = None, False
-        if writer and curve_fn is not None and curve_due:
-            with clock.part("curve"):
-                try:
-                    curve = curve_fn(backbone)
-                except ModelBlewUp:
-                    blew_up = True
-            backbone.train()
-        if curve_due and not distributed.all_ranks(not blew_up, ctx, device):  # every rank stops together
-            diverged_at = step - 1  # finite weights, but embeddings past float32 in eval mode (running statistics)
-            history["diverged_at_step"] = diverged_at
-            tracker.log_metrics({"diverged_at_step": diverged_at}, step=diverged_at)
+                run.tracker.log_metrics({**figures, "lr": taken.lr}, step=run.step)
+        if curve_due and not _curve_point(run, curve_fn, clock):
             break
-        if curve is not None:
-            history.setdefault("curve", []).append({"step": step, **curve})
-            with clock.part("tracking"):
-                tracker.log_metrics(curve, step=step)
         if saving:
-            history["seconds"] += time.perf_counter() - started
-            started = time.perf_counter()
+            run.bank_seconds()
             with clock.part("checkpoints"):
-                save_checkpoint(step)
-        if stop_after is not None and step >= stop_after:
+                _save_checkpoint(run)
+        if stop_after is not None and run.step >= stop_after:
             progress.close()
-            distributed.barrier(ctx)
-            return _result(step, history, diverged_at)
+            distributed.barrier(run.ctx)
+            return _result(run)
     progress.close()
-    history["seconds"] += time.perf_counter() - started
+    run.bank_seconds()
+    return _finish(run)
 
-    result = _result(step, history, diverged_at)
-    head_state = distributed.full_head_state(head)  # a collective: every rank
-    if writer:
+
+def _setup(job: TrainJob, dataset: Dataset, out_dir: Path, tracker: Tracker) -> _Run:
+    """The job's modules on this rank's device, the optimiser and the fp16 loss scaler, seeded by the job: what is
+    drawn here (a distillation projection's weights) is the same in every run of it."""
+    cfg = job.train
+    ctx, device = distributed.setup(resolve_device(cfg.device))
+    if isinstance(job.head, ShardedMarginHead):
+        _check_sharded(job)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(job.seed)
+    backbone = job.backbone.to(device=device, memory_format=memory_format)
+    head = job.head.to(device)
+    teacher, projection = _distillation_parts(job, dataset, backbone, device, memory_format)
+    outside_ddp = [*head.parameters(), *(projection.parameters() if projection is not None else [])]
+    wd, wd_mult = job.weight_decay, job.embedding_wd_mult
+    groups = parameter_groups(backbone, backbone.embedding_layers(), outside_ddp, wd, wd_mult)
+    return _Run(
+        job=job,
+        out_dir=out_dir,
+        tracker=tracker,
+        ctx=ctx,
+        device=device,
+        memory_format=memory_format,
+        backbone=backbone,
+        head=head,
+        teacher=teacher,
+        projection=projection,
+        outside_ddp=outside_ddp,
+        trainable=[p for g in groups for p in g["params"]],
+        optimizer=make_optimizer(groups, cfg.lr, cfg.momentum, device),
+        scaler=torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16"),
+        model=backbone,
+    )
+
+
+def _distillation_parts(
+    job: TrainJob, dataset: Dataset, backbone: nn.Module, device: torch.device, memory_format: torch.memory_format
+) -> tuple[nn.Module | None, _Projection | None]:
+    """The frozen teacher on the device and a fresh projection from the student's width to the teacher's (widths
+    probed on one blank image of the dataset's size); (None, None) without a teacher."""
+    if job.teacher is None:
+        return None, None
+    teacher = job.teacher.to(device=device, memory_format=memory_format).eval().requires_grad_(False)
+    with torch.no_grad():
+        probe = torch.zeros(1, 3, *dataset[0][0].shape[-2:], device=device)
+        student_dim = backbone.eval()(probe).shape[1]
+        teacher_dim = teacher(probe).shape[1]
+    return teacher, _Projection(student_dim, teacher_dim).to(device)
+
+
+def _resume(run: _Run) -> None:
+    """The run's state as its checkpoint holds it: weights, optimiser, loss scaler, RNG, step and history. Every rank
+    loads rank 0's file (a shared file system). The caller has checked that the checkpoint is this job's."""
+    state = checkpoint.load(run.checkpoint_path, map_location=run.device)
+    run.backbone.load_state_dict(state["backbone"])
+    if run.projection is not None:
+        run.projection.load_state_dict(state["projection"])
+    distributed.load_training_state(run.head, run.optimizer, state["head"], state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    checkpoint.set_rng_state(state["rng"])
+    run.step, run.history = state["step"], state["history"]
+    run.history.setdefault("resumed_from", []).append(run.step)
+    job = run.job
+    log.info("%s: resumed from step %d of %d (%s)", job.name, run.step, job.train.iterations, run.checkpoint_path)
+    run.tracker.log_metrics({"resumed_from_step": run.step}, step=run.step)
+
+
+def _start_loop(run: _Run, dataset: Dataset) -> Iterator[Sequence[torch.Tensor]]:
+    """A replicated head made equal on every rank, the backbone wrapped (DDP) and compiled, the modules in training
+    mode, and the batches of the run's order from its step on."""
+    cfg = run.job.train
+    if not run.sharded:
+        distributed.broadcast_(run.head.parameters(), run.ctx)
+    run.model = distributed.wrap_backbone(run.backbone, run.ctx, run.device, sum_gradients=run.sharded)
+    run.model = compile_for_training(run.model, cfg.compile)
+    sampler = distributed.batch_sampler(len(dataset), cfg.batch_size, run.job.seed, run.step, cfg.iterations, run.ctx)
+    loader = _batches(dataset, sampler, cfg.num_workers, run.device)
+    run.segment_started = time.perf_counter()
+    run.backbone.train()
+    run.head.train()
+    return iter(loader)
+
+
+def _step(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> _StepTaken | None:
+    """One optimisation step at `run.step`: the schedule's learning rate, the step's flips, forward, backward and
+    update. None, with the run marked diverged at this step, where the loss or a gradient is not finite on a rank."""
+    cfg = run.job.train
+    lr = cfg.lr * step_lr_factor(run.step, cfg.iterations, cfg.lr_milestones, cfg.lr_gamma, cfg.warmup_iterations)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    if cfg.flip_augment:
+        mask = distributed.rank_flip_mask(cfg.batch_size, run.job.seed, run.step, run.ctx)
+        images = torch.where(mask[:, None, None, None], images.flip(-1), images)
+    images = images.to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
+    labels = labels.to(run.device, non_blocking=True)
+    loss, correct = _forward(run, images, labels)
+    run.optimizer.zero_grad(set_to_none=True)
+    if not _backward(run, loss):
+        _diverge(run, run.step)
+        return None
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.step += 1
+    return _StepTaken(loss, correct, images.shape[0], lr)
+
+
+def _forward(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's loss (plus the weighted hint loss when distilling) and the share it classifies right."""
+    with _autocast(run.device, run.job.train.amp):
+        embeddings = run.model(images)
+        if run.sharded:  # the global batch's loss and accuracy, softmax reduced across ranks
+            output = run.head(embeddings, labels, run.step)
+            loss, correct = output.loss, output.accuracy
+        else:
+            cosine = run.head.cosine(embeddings)
+            loss = run.head.loss(run.head.logits(cosine, labels), labels)
+            correct = (cosine.detach().argmax(dim=1) == labels).float().mean()
+        if run.teacher is not None and run.projection is not None:
+            with torch.no_grad():
+                target = run.teacher(images)
+            loss = loss + run.job.distill_weight * distillation_loss(run.projection(embeddings.float()), target)
+    return loss, correct
+
+
+def _backward(run: _Run, loss: torch.Tensor) -> bool:
+    """Gradients of `loss`, reduced over the ranks, unscaled and clipped; False where the loss or (but under fp16,
+    whose scaler skips such steps itself) a gradient is not finite on some rank."""
+    cfg = run.job.train
+    if not distributed.all_ranks(bool(torch.isfinite(loss)), run.ctx, run.device):
+        return False
+    run.scaler.scale(loss).backward()
+    if not run.sharded:
+        distributed.average_gradients_(run.outside_ddp, run.ctx)  # DDP reduced the backbone's
+    run.scaler.unscale_(run.optimizer)
+    finite = distributed.all_ranks(_all_finite(run.trainable), run.ctx, run.device) or cfg.amp == "fp16"
+    if finite and cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.trainable, cfg.grad_clip)
+    return finite
+
+
+def _diverge(run: _Run, step: int) -> None:
+    """Marks the run diverged at `step` (the index of the step that failed) in its history and its tracking."""
+    run.history["diverged_at_step"] = step
+    run.tracker.log_metrics({"diverged_at_step": step}, step=step)
+
+
+def _weights_finite(run: _Run) -> bool:
+    """Whether the step just taken left the weights finite on every rank; if not, the run diverged at that step."""
+    if distributed.all_ranks(_state_finite(run.trainable, [run.backbone, run.head]), run.ctx, run.device):
+        return True
+    _diverge(run, run.step - 1)
+    return False
+
+
+def _record_figures(run: _Run, taken: _StepTaken) -> dict[str, float]:
+    """The step's loss and train accuracy of the global batch, kept as the last finite figures."""
+    loss, accuracy = float(taken.loss.detach()), float(taken.correct)
+    if not run.sharded:  # a replicated head's figures are its slice's: their mean over ranks is the global batch's
+        loss = distributed.mean_over_ranks(loss, run.ctx, run.device)
+        accuracy = distributed.mean_over_ranks(accuracy, run.ctx, run.device)
+    run.history["last_finite"] = {"loss": loss, "train_accuracy": accuracy, "step": run.step}
+    run.history["images"] += taken.images * (run.ctx.world_size if run.ctx else 1)
+    return {"loss": loss, "train_accuracy": accuracy}
+
+
+def _curve_point(run: _Run, curve_fn: CurveFn | None, clock: LoopClock) -> bool:
+    """Rank 0 scores the backbone and the curve gains a point; False, with the run marked diverged at the step before,
+    where the model could not be scored (finite weights, but embeddings past float32 in eval mode). Every rank learns
+    the outcome, so that all stop together."""
+    curve, blew_up = None, False
+    if run.writer and curve_fn is not None:
+        with clock.part("curve"):
+            try:
+                curve = curve_fn(run.backbone)
+            except ModelBlewUp:
+                blew_up = True
+        run.backbone.train()
+    if not distributed.all_ranks(not blew_up, run.ctx, run.device):
+        _diverge(run, run.step - 1)
+        return False
+    if curve is not None:
+        run.history.setdefault("curve", []).append({"step": run.step, **curve})
+        with clock.part("tracking"):
+            run.tracker.log_metrics(curve, step=run.step)
+    return True
+
+
+def _save_checkpoint(run: _Run) -> None:
+    """Everything a bitwise resume needs, written atomically by rank 0."""
+    head_state, optimizer_state = distributed.full_training_state(run.head, run.optimizer)  # a collective: every rank
+    if not run.writer:
+        return
+    checkpoint.save(
+        run.checkpoint_path,
+        {
+            "step": run.step,
+            "description": run.job.description,
+            "backbone": run.backbone.state_dict(),
+            "head": head_state,
+            "projection": run.projection.state_dict() if run.projection is not None else None,
+            "optimizer": optimizer_state,
+            "scaler": run.scaler.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "history": run.history,
+        },
+    )
+
+
+def _finish(run: _Run) -> TrainResult:
+    """The final model and the run's record written by rank 0, and the checkpoint removed: a finished run is not
+    resumed by a later one (with changed code), which trains afresh."""
+    result = _result(run)
+    head_state = distributed.full_head_state(run.head)  # a collective: every rank
+    if run.writer:
+        job = run.job
         checkpoint.save(
-            out_dir / "model.pt",
+            run.out_dir / "model.pt",
             {
-                "backbone": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
+                "backbone": {k: v.detach().cpu() for k, v in run.backbone.state_dict().items()},
                 "head": {k: v.detach().cpu() for k, v in head_state.items()},
-                "meta": {"name": job.name, "seed": job.seed, "diverged_at_step": diverged_at, **job.description},
+                "meta": {"name": job.name, "seed": job.seed, "diverged_at_step": run.diverged_at, **job.description},
             },
         )
-        record = {**asdict(result), "resumed_from_steps": history.get("resumed_from", [])}
-        write_json_atomic(out_dir / "train.json", {**record, "curve": history.get("curve", [])})
-        ckpt_path.unlink(missing_ok=True)  # finished: a later run with changed code must train afresh, not resume
-    distributed.barrier(ctx)  # no rank starts the next job (or exits) before rank 0 has written this one
+        record = {**asdict(result), "resumed_from_steps": run.history.get("resumed_from", [])}
+        write_json_atomic(run.out_dir / "train.json", {**record, "curve": run.history.get("curve", [])})
+        run.checkpoint_path.unlink(missing_ok=True)
+    distributed.barrier(run.ctx)  # no rank starts the next job (or exits) before rank 0 has written this one
     return result
 
 
@@ -402,18 +543,18 @@ class LoopClock:
             self.add(name, time.perf_counter() - start)
 
 
-def _result(step: int, history: dict[str, Any], diverged_at: int | None) -> TrainResult:
-    last = history.get("last_finite", {})
-    seconds = history.get("seconds", 0.0)
+def _result(run: _Run) -> TrainResult:
+    last = run.history.get("last_finite", {})
+    seconds = run.history.get("seconds", 0.0)
+    images = run.history.get("images", 0)
     return TrainResult(
-        steps=step,
+        steps=run.step,
         final_loss=last.get("loss", math.nan),
         final_train_accuracy=last.get("train_accuracy", math.nan),
-        diverged_at_step=diverged_at,
-        images_per_second=history.get("images", 0) / seconds if seconds else math.nan,
+        diverged_at_step=run.diverged_at,
+        images_per_second=images / seconds if seconds else math.nan,
         seconds=seconds,
         last_finite=last,
-        images=history.get("images", 0),
-        timing=dict(history.get("timing", {})),
+        images=images,
+        timing=dict(run.history.get("timing", {})),
     )
-
