@@ -18,7 +18,7 @@ from pipeline.data.identification_sets import IdentificationSet, read_identifica
 from pipeline.data.loader import load_benchmark_arrays
 from pipeline.core.devices import resolve_device
 from pipeline.evaluate.embeddings import evaluate_pairs
-from pipeline.evaluate.identification_set import identify
+from pipeline.evaluate.identify import identify
 from pipeline.evaluate.record import (
     BenchmarkFigures, EvaluationTiming, ModelEvaluation, SeedEvaluation, benchmark_figures,
 )

@@ -14,7 +14,7 @@ from pipeline.core.atomic_io import write_json_atomic
 from pipeline.core.config import PROJECT_ROOT
 from pipeline.evaluate.embeddings import evaluate_pairs
 from pipeline.evaluate.identification import evaluate_identification
-from pipeline.evaluate.identification_set import SetIdentification
+from pipeline.evaluate.identify import SetIdentification
 from pipeline.evaluate.record import IdentificationFigures, ModelEvaluation, PairFigures, benchmark_figures
 
 COMMITTED = sorted((PROJECT_ROOT / "reports" / "metrics" / "eval").glob("*.json"))

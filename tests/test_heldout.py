@@ -28,7 +28,7 @@ from pipeline.data.synthetic import SyntheticSpec
 from pipeline.data.synthetic.protocols import PROTOCOLS, plan_training
 from pipeline.data.synthetic.spec import IDENTITY_BLOCK
 from pipeline.data.synthetic.traits import Population, make_identity
-from pipeline.evaluate.identification_set import identify
+from pipeline.evaluate.identify import identify
 from tests.test_lfw import DEVTEST, DEVTRAIN, photo_path, write_photo
 
 SPEC = SyntheticSpec(train_identities=20)

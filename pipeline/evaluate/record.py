@@ -48,7 +48,7 @@ class PairFigures:
 
 @dataclass(frozen=True)
 class IdentificationFigures:
-    """A 1:N identification set's figures (pipeline.evaluate.identification_set.SetIdentification)."""
+    """A 1:N identification set's figures (pipeline.evaluate.identify.SetIdentification)."""
     rank1: float  # with every distractor
     rank1_at: dict[int, float]  # distractor count -> rank-1 identification rate
     tar_at_far: dict[float, float]  # FAR -> TAR; NaN (null in the file) where too few impostor pairs reach it
