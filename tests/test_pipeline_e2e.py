@@ -1,6 +1,6 @@
-"""End to end: `dvc repro` of the smoke profile in a temporary copy of the repository, then the promises of
-dvc.yaml: a second run does nothing, and changing one row's margin reruns that row and the report only."""
-import os
+"""End to end: `dvc repro` of the smoke profile in a temporary copy of the repository (every stage and table, a row
+of each kind: tests/conftest.py), then the promises of dvc.yaml: a second run does nothing, and changing one row's
+margin reruns that row and the report only."""
 import re
 import shutil
 import sqlite3
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_resume_pipeline import copy_project
+from pipeline.orchestration.graph import read_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -27,29 +27,21 @@ def stages_run(output: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("facerepro")
-    copy_project(root)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["profile"] = "smoke"
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(root)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        run(cmd, root, env)
-    first = run([sys.executable, "-m", "dvc", "repro"], root, env)
-    return root, env, params, first
+def project(smoke_repro, tmp_path_factory):
+    reproduced = smoke_repro.copy(tmp_path_factory.mktemp("facerepro"))
+    return reproduced.root, reproduced.env, reproduced.params(), reproduced.output
 
 
 def test_repro_writes_every_row(project):
     root, env, params, first = project
+    assert stages_run(first) == set(read_pipeline(root)), first  # every stage of dvc.yaml ran
     table3 = (root / "reports" / "table3.md").read_text()
     for name in params["tables"]["table3"]["rows"]:
         if name != "pretrain":
             assert params["rows"][name]["label"] in table3, name
     assert "N-Softmax" in table3
     assert "n/a" not in table3.split("Paired comparisons")[0] or "diverged" in table3
-    for name in ("table2", "distill", "cleaning"):
+    for name in ("table2", "distill", "facex_heads", "cleaning"):
         assert (root / "reports" / f"{name}.md").is_file()
     assert (root / "reports" / "figures" / "curves.png").stat().st_size > 1000
 

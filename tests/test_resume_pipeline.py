@@ -1,7 +1,7 @@
-"""The pipeline under failure, on one `dvc repro` of the smoke profile in a temporary copy of the project:
+"""The pipeline under failure, on copies of the session's `dvc repro` of the smoke profile (tests/conftest.py):
 
-- a row forced to diverge (weight decay 1e30) ends with `diverged_at_step` in its metrics, MLflow and the report,
-  while `dvc repro` completes every other row;
+- a row forced to diverge (weight decay 1e30), added to Table 3, ends with `diverged_at_step` in its metrics, MLflow
+  and the report, and `dvc repro` completes every stage after it;
 - `dvc repro` of a row SIGKILLed after a checkpoint was written resumes from that checkpoint and ends with weights
   bitwise equal to the uninterrupted run's;
 - `torchrun --nproc_per_node=2 -m stages.train` trains a row with the class centres sharded over 2 gloo processes.
@@ -9,6 +9,7 @@
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -26,10 +27,10 @@ from pipeline.train import checkpoint
 
 pytestmark = pytest.mark.slow
 
-DIVERGING = "li_arcface_m050"
+DIVERGING = "li_arcface_m050"  # a row of params.yaml that the smoke repro leaves out
 KILLED = "cosface"
 SHARDED = "wd5e4"
-ITERATIONS = 40  # long enough that a kill after the first checkpoint lands before the end
+ITERATIONS = 40  # of the killed row: long enough that a kill after the first checkpoint lands before the end
 CHECKPOINT_EVERY = 5
 
 
@@ -70,24 +71,21 @@ def keep_rows(params: dict, names: set[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("facerepro-failures")
-    copy_project(root)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["profile"] = "smoke"
-    params["profiles"]["smoke"]["train"].update(
-        iterations=ITERATIONS, checkpoint_every=CHECKPOINT_EVERY, curve_every=ITERATIONS // 2
-    )
-    keep_rows(params, {DIVERGING, KILLED, SHARDED})
-    params["rows"][DIVERGING]["weight_decay"] = 1.0e30  # the first SGD step blows the weights up
+def project(smoke_repro, tmp_path_factory):
+    """A copy of the smoke repro with DIVERGING added to Table 3 (as params.yaml has it, its weight decay 1e30: the
+    first SGD step blows the weights up), and the `dvc repro` that trains it."""
+    reproduced = smoke_repro.copy(tmp_path_factory.mktemp("facerepro-failures"))
+    root, env, params = reproduced.root, reproduced.env, reproduced.params()
+    committed = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params["rows"][DIVERGING] = {**committed["rows"][DIVERGING], "weight_decay": 1.0e30}
+    params["tables"]["table3"]["rows"][DIVERGING] = committed["tables"]["table3"]["rows"][DIVERGING]
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(root)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        run(cmd, root, env)
     output = run([sys.executable, "-m", "dvc", "repro"], root, env)
     return root, env, params, output
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 def train_record(root: Path, row: str, seed: int = 0) -> dict:
@@ -101,9 +99,11 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def test_divergence_is_recorded_and_the_other_rows_complete(project):
     root, env, params, output = project
+    iterations = params["profiles"]["smoke"]["train"]["iterations"]
+    assert {f"train@{DIVERGING}", f"evaluate@{DIVERGING}", "table@table3", "report"} <= stages_run(output), output
     record = train_record(root, DIVERGING)
     step = record["diverged_at_step"]
-    assert isinstance(step, int) and step < ITERATIONS
+    assert isinstance(step, int) and step < iterations
     assert math.isfinite(record["last_finite"]["loss"]) and record["last_finite"]["step"] == step
     seeds = params["profiles"]["smoke"]["seeds"]
     records = [train_record(root, DIVERGING, seed) for seed in seeds]
@@ -124,16 +124,25 @@ def test_divergence_is_recorded_and_the_other_rows_complete(project):
     for row in params["rows"]:
         if row != DIVERGING:
             other = train_record(root, row)
-            assert other["diverged_at_step"] is None and other["steps"] == ITERATIONS, row
+            assert other["diverged_at_step"] is None and other["steps"] == iterations, row
             assert (root / "reports" / "metrics" / "eval" / f"{row}.json").is_file(), row
     status = run([sys.executable, "-m", "dvc", "status"], root, env)
     assert "changed" not in status, status  # dvc repro completed every stage, the diverged row's included
 
 
-def test_repro_after_sigkill_resumes_bitwise(project):
-    root, env, params, output = project
+def test_repro_after_sigkill_resumes_bitwise(smoke_repro, tmp_path):
+    """On a copy of its own whose smoke profile trains ITERATIONS steps, so `--single-item`: the changed profile
+    would rerun every stage upstream of the row too."""
+    reproduced = smoke_repro.copy(tmp_path / "project")
+    root, env, params = reproduced.root, reproduced.env, reproduced.params()
+    params["profiles"]["smoke"]["train"].update(
+        iterations=ITERATIONS, checkpoint_every=CHECKPOINT_EVERY, curve_every=ITERATIONS // 2
+    )
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    train = [sys.executable, "-m", "dvc", "repro", "--single-item", f"train@{KILLED}"]
+    run(train, root, env)  # the uninterrupted run
     run_dir = root / "data" / "models" / KILLED / "seed0"
-    uninterrupted = tensors(run_dir / "model.pt")  # written by the full `dvc repro` above
+    uninterrupted = tensors(run_dir / "model.pt")
     ckpt = run_dir / "checkpoint.pt"
     # train the row again (forced) and SIGKILL dvc and the stage as soon as its first checkpoint is on disk
     process = subprocess.Popen(
@@ -149,7 +158,7 @@ def test_repro_after_sigkill_resumes_bitwise(project):
     killed_at = checkpoint.load(ckpt)["step"]
     assert 0 < killed_at < ITERATIONS and killed_at % CHECKPOINT_EVERY == 0
 
-    again = run([sys.executable, "-m", "dvc", "repro", f"train@{KILLED}"], root, env)
+    again = run(train, root, env)
     assert f"Running stage 'train@{KILLED}'" in again, again
     assert f"{KILLED}: resumed from step {killed_at} of {ITERATIONS}" in again, again
     record = train_record(root, KILLED)
@@ -171,7 +180,7 @@ def test_torchrun_trains_a_row_with_a_sharded_head(project):
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "stages.train", "--row", SHARDED, "--params", "params-sharded.yaml"], root, env)
     record = train_record(root, SHARDED)
-    assert record["steps"] == ITERATIONS and record["diverged_at_step"] is None
+    assert record["steps"] == params["profiles"]["smoke"]["train"]["iterations"] and record["diverged_at_step"] is None
     assert math.isfinite(record["final_loss"])
     model = root / "data" / "models" / SHARDED / "seed0" / "model.pt"
     assert checkpoint.load_weights(model)["meta"]["train"]["head_sample_fraction"] == 0.5  # in the run's identity
