@@ -284,3 +284,52 @@ def test_an_identification_set_without_a_mate_for_a_probe_is_refused(tmp_path):
     with pytest.raises(ValueError, match="without a mate"):
         write_identification_set(tmp_path / "bad", [_record(pixels, 0), _record(pixels, 1)], roles, [1], [0.1])
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_new_kind_is_one_registered_class_and_its_params_block(tmp_path, monkeypatch):
+    """What the README promises: a kind registered by its decorator alone is parsed, checked by its own rules and
+    built by stage protocols' builder, and stage evaluate reads it by the scoring it names."""
+    from pipeline.data.heldout.base import HeldoutSpec, register, require
+    from pipeline.data.records import write_benchmark
+
+    monkeypatch.setattr(KINDS, "_entries", dict(KINDS._entries))  # the toy kind leaves the registry as it was
+
+    @register("toy_pairs")
+    @dataclasses.dataclass(frozen=True)
+    class ToyPairs(HeldoutSpec):
+        scoring = Scoring.VERIFICATION
+        pairs_per_fold: int = 2
+        folds: int = 2
+
+        def check(self, where: str) -> None:
+            require(self.pairs_per_fold % 2 == 0, f"{where}.pairs_per_fold must be even")
+
+        def identity_block(self) -> None:
+            return None
+
+        def pair_folds(self) -> int:
+            return self.folds
+
+        def unavailable(self, cfg) -> None:
+            return None
+
+        def build(self, cfg, name: str, out: Path) -> dict:
+            n = self.folds * self.pairs_per_fold
+            records = [_record(np.full((8, 8, 3), 10 * i, np.uint8), i) for i in range(2 * n)]
+            pairs = pd.DataFrame({"a": range(0, 2 * n, 2), "b": range(1, 2 * n, 2),
+                                  "same": [i % 2 == 0 for i in range(n)],
+                                  "fold": [i // self.pairs_per_fold for i in range(n)]})
+            write_benchmark(out, records, pairs)
+            return {"pairs": n}
+
+    with pytest.raises(ValueError, match=r"protocols\.toy\.pairs_per_fold must be even"):
+        parse({"toy": {"kind": "toy_pairs", "pairs_per_fold": 3}})
+    with pytest.raises(ValueError, match=r"protocols\.toy"):
+        parse({"toy": {"kind": "toy_pairs", "shots": 3}})
+    cfg = config.load(profile="smoke")
+    cfg = cfg.model_copy(update={"protocols": {"toy": {"kind": "toy_pairs", "pairs_per_fold": 4, "folds": 3}}})
+    summary = heldout_protocols.build(cfg, tmp_path / "protocols")
+    assert summary["protocols"] == {"toy": {"pairs": 12}} and not summary["skipped"]
+    assert Scoring.of(tmp_path / "protocols" / "toy") is Scoring.VERIFICATION
+    images, pairs = load_benchmark_arrays(tmp_path / "protocols" / "toy")
+    assert len(images) == 24 and pairs["fold"].nunique() == 3
