@@ -130,7 +130,13 @@ def test_ctrl_c_is_one_line_and_exit_code_130(smoke, entry_point):
         os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends; Python raises KeyboardInterrupt where it lands
         time.sleep(30)
 
-    code, stderr = entry_point("train", run, ["--params", path, "--row", "cosface"], train._arguments)
+    # Ctrl-C reaches a stage's own interpreter under Python's default handler; a library an earlier test loaded into
+    # this process may have left another handler (the whole suite's order met that), so the test sets Python's own.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, stderr = entry_point("train", run, ["--params", path, "--row", "cosface"], train._arguments)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert code == 130
     assert one_line(stderr) == "interrupted: stage train stopped; `dvc repro` resumes it"
 
