@@ -647,7 +647,7 @@ def section_torchrun(c: Checker) -> None:
     torch.save({"images": c.data.train.images, "labels": c.data.train.labels, "classes": c.data.classes,
                 "macs": c.macs, "matmul_tflops": c.matmul_tflops}, c.work / "train_set.pt")
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", str(Path(__file__)),
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "bench.gpu_check",
         "--worker", "--device", c.args.device, "--work", str(c.work), *(["--tiny"] if c.args.tiny else []),
     ]
     timeout = max(60.0, c.args.budget - c.elapsed() + 60.0)
