@@ -403,7 +403,9 @@ def project(tmp_path_factory):
     copy_project(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["profile"] = "smoke"
-    keep_rows(params, {"cosface", "li_arcface_m040", "arcface_m050_ns"})  # N-Softmax, NS init, distillation, Table 2
+    keep_rows(params, {"cosface", "li_arcface_m040", "arcface_m050_ns"})  # N-Softmax, NS init, distillation
+    # after each run the flow runs every table's stage: the other tables would add stages that orchestrate nothing new
+    params["tables"] = {name: params["tables"][name] for name in ("table3", "distill")}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -416,6 +418,7 @@ def project(tmp_path_factory):
         "DO_NOT_TRACK": "1",
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",  # the served deployments look for a triggered run every 10 s by default
         "FACEREPRO_PREFECT_PORT": str(port),
         "FACEREPRO_PYTHON": sys.executable,
     }
