@@ -1,11 +1,10 @@
-"""One `dvc repro` of the smoke profile for the whole session, which the end-to-end modules copy (about 1 s a copy)
+"""One `dvc repro` of the smoke profile for the whole session, which the end-to-end modules copy (a second or two)
 instead of reproducing it each (minutes each: docs/testing.md)."""
 from __future__ import annotations
 
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_resume_pipeline import copy_project, keep_rows
+from tests.test_resume_pipeline import copy_project, keep_rows, run
 
 # Every stage and every table, with one row of each kind: from scratch and the FaceX-Zoo baseline, evaluated on the
 # held-out protocols (cosface); after N-Softmax, with a weight-decay override (arcface_m050_ns, wd5e4: Table 2);
@@ -29,12 +28,6 @@ def project_env(root: Path) -> dict[str, str]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(root)}
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
-
-
-def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result.stdout + result.stderr
 
 
 @dataclass(frozen=True)
@@ -56,7 +49,8 @@ class ReproducedProject:
         MLflow store. MLflow keeps absolute artifact paths, which are pointed at the copy's own mlruns/."""
         shutil.copytree(self.root, dest, symlinks=True, dirs_exist_ok=True)
         old, new = (self.root / "mlruns").as_posix(), (dest / "mlruns").as_posix()
-        with sqlite3.connect(dest / "mlflow.db") as db:
+        db = sqlite3.connect(dest / "mlflow.db")
+        with db:  # one transaction, committed
             db.execute("update experiments set artifact_location = replace(artifact_location, ?, ?)", (old, new))
             db.execute("update runs set artifact_uri = replace(artifact_uri, ?, ?)", (old, new))
         db.close()
