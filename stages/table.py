@@ -12,7 +12,6 @@ from pipeline.core import stage
 from pipeline.core.atomic_io import write_text_atomic
 from pipeline.core.config import Config
 from pipeline.core.paths import Paths
-from pipeline.experiment.recipes import trained_models
 
 
 def outputs(table: str) -> list[str]:
@@ -24,7 +23,9 @@ def run(cfg: Config, paths: Paths, table: str) -> None:
     if table not in cfg.tables:
         raise KeyError(f"table {table!r} is not in params tables; known: {', '.join(cfg.tables)}")
     spec = cfg.tables[table]
-    evaluations = stage.read_inputs(paths, evaluation_files(cfg, paths), lambda: tables.load_evaluations(cfg, paths))
+    models = list(spec.rows)
+    evaluations = stage.read_inputs(paths, evaluation_files(paths, models),
+                                    lambda: tables.load_evaluations(cfg, paths, models))
     result = tables.build_table(spec, evaluations, cfg.evaluate.alpha)
     uncleaned = any(not evaluations.cleaned[name] for name in spec.rows)
     cleaning = None
@@ -35,11 +36,9 @@ def run(cfg: Config, paths: Paths, table: str) -> None:
     tables.write_csvs(result, paths.reports, table)
 
 
-def evaluation_files(cfg: Config, paths: Paths) -> list[Path]:
-    """What tables.load_evaluations reads: every trained model's metrics and per-pair results (stage evaluate)."""
-    return [
-        path for name in trained_models(cfg) for path in (paths.metrics("eval", name), paths.eval_dir(name) / "pairs.parquet")
-    ]
+def evaluation_files(paths: Paths, models: list[str]) -> list[Path]:
+    """What tables.load_evaluations reads of `models`: their metrics and per-pair results (stage evaluate)."""
+    return [path for name in models for path in (paths.metrics("eval", name), paths.eval_dir(name) / "pairs.parquet")]
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:

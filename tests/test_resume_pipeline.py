@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from pipeline.core.config import PROJECT_ROOT
+from pipeline.core.dependencies import generated_dvc_files
 from pipeline.train import checkpoint
 
 pytestmark = pytest.mark.slow
@@ -54,20 +55,32 @@ def copy_project(root: Path) -> None:
 
 
 def keep_rows(params: dict, names: set[str]) -> None:
-    """Train only the rows `names`, besides N-Softmax and the distillation (its student row stays: dvc.yaml's
-    distill stage reads its parameters); the tables keep the models that remain. A test of one mechanism need not
-    train every row."""
+    """Train only the rows `names` (of `rows` or `extra_rows`), besides N-Softmax and the distillation (its student
+    row stays: the distill stage reads its parameters); the tables keep the models that remain, and a table left
+    without rows goes. A test of one mechanism need not train every row. Write the result with `write_params`."""
     kept = names | {params["distill"]["student_row"]}
-    params["rows"] = {name: row for name, row in params["rows"].items() if name in kept}
-    models = {"pretrain", *params["rows"], "teacher", "student"}
-    tables = {}
-    for name, table in params["tables"].items():
-        rows = {model: entry for model, entry in table["rows"].items() if model in models}
-        if rows:
-            tables[name] = {**table, "rows": rows, "compare": [p for p in table.get("compare", []) if set(p) <= set(rows)]}
-            if tables[name].get("baseline") not in rows:
-                tables[name].pop("baseline", None)
-    params["tables"] = tables
+    for section in ("rows", "extra_rows"):
+        params[section] = {name: row for name, row in params[section].items() if name in kept}
+    models = {"pretrain", *params["rows"], *params["extra_rows"], "teacher", "student"}
+    for section in ("tables", "extra_tables"):
+        tables = {}
+        for name, table in params[section].items():
+            rows = {model: entry for model, entry in table["rows"].items() if model in models}
+            if rows:
+                tables[name] = {**table, "rows": rows,
+                                "compare": [p for p in table.get("compare", []) if set(p) <= set(rows)]}
+                if tables[name].get("baseline") not in rows:
+                    tables[name].pop("baseline", None)
+        params[section] = tables
+
+
+def write_params(root: Path, params: dict) -> None:
+    """`params` as the copy's params.yaml, and its dvc files regenerated for them (dvc.yaml lists the default run's
+    evaluations model by model: `python -m pipeline.core.dependencies --write`)."""
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for name, (current, wanted) in generated_dvc_files(root).items():
+        if wanted != current:
+            (root / name).write_text(wanted)
 
 
 @pytest.fixture(scope="module")

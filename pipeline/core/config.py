@@ -233,6 +233,10 @@ class Config(Section):
     protocols: dict[str, dict[str, Any]]
     tables: dict[str, TableConfig]
     tracking: TrackingConfig
+    # which rows and tables the default run (dvc.yaml) builds: params `rows` and `tables`; `rows` and `tables` above
+    # hold those and params `extra_rows` and `extra_tables` (extra/dvc.yaml) together (set by `resolve`)
+    default_rows: list[str]
+    default_tables: list[str]
 
     @field_validator("seeds")
     @classmethod
@@ -270,6 +274,21 @@ class Config(Section):
                     raise ValueError(f"tables.{table}.rows: {name!r} is not a trained model "
                                      f"(trained: {', '.join(trained)})")
         return self
+
+    @model_validator(mode="after")
+    def _default_tables_show_default_models(self) -> Config:
+        # dvc.yaml builds the default tables from its own stages alone: N-Softmax and params `rows`
+        default = {PRETRAIN, *self.default_rows}
+        for table in self.default_tables:
+            outside = [name for name in self.tables[table].rows if name not in default]
+            if outside:
+                raise ValueError(f"tables.{table} shows {', '.join(outside)}, which the default run does not train: "
+                                 f"move the table to extra_tables, or those rows from extra_rows to rows")
+        return self
+
+    def default_models(self) -> list[str]:
+        """The models the default run (dvc.yaml) trains and evaluates: N-Softmax and params `rows`."""
+        return [PRETRAIN, *self.default_rows]
 
     def evaluated_models(self) -> list[str]:
         """Every model that is evaluated and may stand in a table: pre-training, the rows, teacher and student."""
@@ -319,13 +338,34 @@ def resolve(raw: dict[str, Any], profile: str | None = None, source: str = "para
     overrides = profiles[chosen] or {}
     if not isinstance(overrides, dict):
         raise ValueError(f"{source}: profiles.{chosen} must be a mapping of sections, got {type(overrides).__name__}")
-    merged = deep_merge(raw, overrides)
+    merged = _scopes_joined(deep_merge(raw, overrides), source)
     merged["profile"] = chosen
     try:
         return Config.model_validate(merged)
     except ValidationError as error:
-        problems = "; ".join(_problem(e) for e in error.errors(include_url=False))
+        extra = {key: set(merged[key]) - set(merged[f"default_{key}"]) for key in ("rows", "tables")}
+        problems = "; ".join(_problem(e, extra) for e in error.errors(include_url=False))
         raise ValueError(f"{source}: invalid parameters for profile {chosen!r}: {problems}") from None
+
+
+def _scopes_joined(merged: dict[str, Any], source: str) -> dict[str, Any]:
+    """`rows` + `extra_rows` and `tables` + `extra_tables` as one `rows` and one `tables` (a name in both is refused),
+    with the default run's names kept apart as `default_rows` and `default_tables`."""
+    for key in ("default_rows", "default_tables"):
+        if key in merged:
+            raise ValueError(f"{source}: {key} is not a parameter: the default run's rows and tables are those of "
+                             f"`{key.removeprefix('default_')}`")
+    for key in ("rows", "tables"):
+        default, extra = merged.get(key) or {}, merged.pop(f"extra_{key}", None) or {}
+        for name, section in ((key, default), (f"extra_{key}", extra)):
+            if not isinstance(section, dict):
+                raise ValueError(f"{source}: {name} must be a mapping of name -> entry, got {type(section).__name__}")
+        both = sorted(set(default) & set(extra))
+        if both:
+            raise ValueError(f"{source}: {', '.join(both)} in both {key} and extra_{key}: a name is in one of them")
+        merged[key] = {**default, **extra}
+        merged[f"default_{key}"] = list(default)
+    return merged
 
 
 def text_number_hint(value: object, integer: bool = False) -> str:
@@ -340,7 +380,7 @@ def text_number_hint(value: object, integer: bool = False) -> str:
     return f"write {whole}.{fraction or 0}{e}{sign or '+'}{exponent} (YAML 1.1 reads {value} as text)"
 
 
-def _problem(error: Any) -> str:
+def _problem(error: Any, extra: dict[str, set[str]]) -> str:
     """One pydantic error as `section.field: message (got value)`, the value cut to keep the line short."""
     got = repr(error["input"])
     got = got if len(got) <= 60 else got[:57] + "..."
@@ -348,7 +388,10 @@ def _problem(error: Any) -> str:
         return error["msg"]
     hint = text_number_hint(error["input"], integer=error["type"] == "int_type") if error["type"] in (
         "float_type", "int_type") else ""
-    return f"{'.'.join(map(str, error['loc']))}: {error['msg']} (got {got})" + (f": {hint}" if hint else "")
+    loc = list(error["loc"])
+    if len(loc) > 1 and loc[0] in extra and loc[1] in extra[loc[0]]:  # as params.yaml spells it
+        loc[0] = f"extra_{loc[0]}"
+    return f"{'.'.join(map(str, loc))}: {error['msg']} (got {got})" + (f": {hint}" if hint else "")
 
 
 def load(path: str | Path | None = None, profile: str | None = None) -> Config:

@@ -111,11 +111,37 @@ def code_dependencies(entry: str | Path, root: Path = PROJECT_ROOT) -> list[str]
 _STAGE = re.compile(r"^  (\w+):")
 _COMMAND = re.compile(r"cmd: python -m (stages\.\w+)")
 _CODE_DEP = re.compile(r"^(\s+)- (?:pipeline|stages)(?:/\S*)?\s*(?:#.*)?$")
+# a per-model evaluation input of a stage that reads named models' evaluations (not `${key}` ones)
+_EVALUATION_DEP = re.compile(r"^(\s+)- (?:reports/metrics/eval/\w+\.json|data/eval/\w+|data/models/\w+)\s*$")
+# the stages that read the default run's evaluations: their inputs are listed model by model, since a folder
+# (reports/metrics/eval) would make every evaluate stage of extra/dvc.yaml an upstream stage of the default run
+EVALUATION_READERS = {"stages.table": ("metrics", "pairs"), "stages.report": ("metrics", "pairs", "models")}
+DVC_FILES = ("dvc.yaml", "extra/dvc.yaml")
 
 
-def generated_dvc_yaml(text: str, root: Path = PROJECT_ROOT) -> str:
+def evaluation_inputs(models: Sequence[str], kinds: Sequence[str]) -> list[str]:
+    """The project-relative files and folders a reader of `models`' evaluations depends on, model by model."""
+    where = {"metrics": "reports/metrics/eval/{}.json", "pairs": "data/eval/{}", "models": "data/models/{}"}
+    return [where[kind].format(model) for model in models for kind in kinds]
+
+
+def _replaced(lines: list[str], pattern: re.Pattern[str], wanted: list[str]) -> tuple[list[str], bool]:
+    """`lines` with those matching `pattern` replaced by `wanted` (as list items) where the first one was."""
+    kept, inserted = [], False
+    for line in lines:
+        match = pattern.match(line)
+        if match is None:
+            kept.append(line)
+        elif not inserted:
+            kept.extend(f"{match.group(1)}- {dep}\n" for dep in wanted)
+            inserted = True
+    return kept, inserted
+
+
+def generated_dvc_yaml(text: str, root: Path = PROJECT_ROOT, default_models: Sequence[str] | None = None) -> str:
     """`text` (a dvc.yaml) with each stage's code dependencies replaced by its entry module's closure, in place
-    of the first code dependency listed (other dependencies, comments and order kept)."""
+    of the first code dependency listed (other dependencies, comments and order kept); with `default_models`
+    (dvc.yaml's own), the table and report stages' evaluation inputs too, model by model."""
     blocks = re.split(r"(?m)^(?=  \w+:)", text)
     out = []
     for block in blocks:
@@ -123,42 +149,73 @@ def generated_dvc_yaml(text: str, root: Path = PROJECT_ROOT) -> str:
         if command is None:
             out.append(block)
             continue
+        name = _STAGE.match(block).group(1)
         entry = command.group(1).replace(".", "/") + ".py"
-        lines = block.splitlines(keepends=True)
-        kept, inserted = [], False
-        for line in lines:
-            match = _CODE_DEP.match(line)
-            if match is None:
-                kept.append(line)
-            elif not inserted:
-                kept.extend(f"{match.group(1)}- {dep}\n" for dep in code_dependencies(entry, root))
-                inserted = True
+        lines, inserted = _replaced(block.splitlines(keepends=True), _CODE_DEP, code_dependencies(entry, root))
         if not inserted:
-            raise ValueError(f"dvc.yaml stage {_STAGE.match(block).group(1)}: no code dependency to replace; list "
-                             f"its entry module ({entry}) under deps first")
-        out.append("".join(kept))
+            raise ValueError(f"dvc.yaml stage {name}: no code dependency to replace; list its entry module ({entry}) "
+                             "under deps first")
+        kinds = EVALUATION_READERS.get(command.group(1))
+        if default_models is not None and kinds:
+            lines, inserted = _replaced(lines, _EVALUATION_DEP, evaluation_inputs(default_models, kinds))
+            if not inserted:
+                raise ValueError(f"dvc.yaml stage {name}: no evaluation input to replace; list "
+                                 f"{evaluation_inputs(default_models[:1], kinds[:1])[0]} under deps")
+        out.append("".join(lines))
     return "".join(out)
 
 
+def stale_evaluation_inputs(root: Path, default_models: Sequence[str]) -> list[str]:
+    """The stages of `root`/dvc.yaml whose evaluation inputs are not `default_models`' (params.yaml changed the
+    default run's rows and the generator has not been run since)."""
+    import yaml
+
+    stages = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    stale = []
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        command = _COMMAND.search(f"cmd: {body.get('cmd', '')}")
+        kinds = EVALUATION_READERS.get(command.group(1)) if command else None
+        if kinds:
+            declared = [dep for dep in body.get("deps", []) if _EVALUATION_DEP.match(f"  - {dep}")]
+            if declared != evaluation_inputs(default_models, kinds):
+                stale.append(name)
+    return stale
+
+
+def generated_dvc_files(root: Path = PROJECT_ROOT) -> dict[str, tuple[str, str]]:
+    """Each dvc file of the project -> (its text, the text the generator writes): code dependencies everywhere,
+    the default run's evaluation inputs from params.yaml in dvc.yaml."""
+    from pipeline.core import config  # params.yaml is read only here: the closure walk needs no parameters
+
+    default_models = config.load(root / "params.yaml").default_models()
+    files = {}
+    for name in DVC_FILES:
+        current = (root / name).read_text(encoding="utf-8")
+        files[name] = current, generated_dvc_yaml(current, root, default_models if name == "dvc.yaml" else None)
+    return files
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.core.dependencies",
-                                     description="dvc.yaml's code dependencies from each stage's import closure")
-    parser.add_argument("--write", action="store_true", help="rewrite dvc.yaml (default: report whether it is current)")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.core.dependencies",
+        description="dvc.yaml's and extra/dvc.yaml's code dependencies from each stage's import closure, and the "
+                    "default run's evaluation inputs from params.yaml")
+    parser.add_argument("--write", action="store_true", help="rewrite them (default: report whether they are current)")
     args = parser.parse_args(argv)
-    path = PROJECT_ROOT / "dvc.yaml"
-    current = path.read_text(encoding="utf-8")
-    wanted = generated_dvc_yaml(current)
-    if args.write:
-        if wanted != current:
-            write_text_atomic(path, wanted)
-        print(f"{path.name}: code dependencies {'updated' if wanted != current else 'already current'}")
-        return 0
-    if wanted != current:
-        print(f"{path.name}: code dependencies differ from the import closures; run python -m "
-              "pipeline.core.dependencies --write", file=sys.stderr)
-        return 1
-    print(f"{path.name}: code dependencies current")
-    return 0
+    stale = []
+    for name, (current, wanted) in generated_dvc_files().items():
+        if args.write and wanted != current:
+            write_text_atomic(PROJECT_ROOT / name, wanted)
+        if args.write:
+            print(f"{name}: dependencies {'updated' if wanted != current else 'already current'}")
+        elif wanted != current:
+            stale.append(name)
+            print(f"{name}: dependencies differ from the import closures or params.yaml; run python -m "
+                  "pipeline.core.dependencies --write", file=sys.stderr)
+        else:
+            print(f"{name}: dependencies current")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

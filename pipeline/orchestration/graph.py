@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.config import Config
 from pipeline.core.paths import Paths
 
 
@@ -74,3 +75,17 @@ def plan(pipeline: Mapping[str, Stage], targets: Sequence[str]) -> list[str]:
     for target in targets:
         visit(target, ())
     return order
+
+
+def table_plan(pipeline: Mapping[str, Stage], paths: Paths, cfg: Config, table: str) -> list[str]:
+    """The stages that build `table`, upstream first: its models' training and evaluation (row by row), its table
+    stage, and for a table of the default run the default report. A table of extra/dvc.yaml reads folders of
+    evaluations, so DVC's own upstream of its stage is every evaluation of extra/dvc.yaml: the plan takes the stage
+    alone, after the ones it reads."""
+    if table not in cfg.tables:
+        raise KeyError(f"table {table!r} is not in params tables or extra_tables; known: {', '.join(cfg.tables)}")
+    models = plan(pipeline, [stage for model in cfg.tables[table].rows for stage in model_stages(pipeline, paths, model)])
+    readers = [producer(pipeline, f"reports/{table}.md")]
+    if table in cfg.default_tables:
+        readers.append(producer(pipeline, "reports/seed_noise.md"))
+    return models + [stage for stage in readers if stage not in models]

@@ -7,6 +7,7 @@ pair-sampling variance); a comparison is paired by seed and by pair, judged with
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from pipeline.core.config import Config, TableConfig
 from pipeline.evaluate.record import IdentificationFigures, ModelEvaluation, PairFigures
 from pipeline.evaluate.significance import holm_bonferroni
 from pipeline.core.paths import Paths
-from pipeline.experiment.recipes import recipes, trained_models
+from pipeline.experiment.recipes import recipes
 from pipeline.reporting.run_statistics import CellEstimate, DifferenceSummary, RunComparison, cell_estimate, judge_family, summarize, verdict
 
 BENCHMARK_ORDER = ("lfw", "cfp_fp", "agedb")  # LFW-like, CFP-FP-like, AgeDB-like first: the papers' column order
@@ -212,8 +213,8 @@ def shown_benchmarks(spec: TableConfig, scored: list[str], held_out: frozenset[s
     return [b for b in scored if b not in held_out]
 
 
-def load_evaluations(cfg: Config, paths: Paths) -> Evaluations:
-    names = trained_models(cfg)
+def load_evaluations(cfg: Config, paths: Paths, names: Sequence[str]) -> Evaluations:
+    """The evaluations of the models `names` (those a table or a report shows)."""
     models = {n: ModelEvaluation.load(paths.metrics("eval", n)) for n in names}
     all_recipes = recipes(cfg)
     return Evaluations(

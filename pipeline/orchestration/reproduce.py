@@ -1,0 +1,58 @@
+"""What `bash scripts/reproduce` runs: the default run (Table 3) by default, one table with `table@NAME`, every table
+with `--all`; anything else is passed to `dvc repro` as it is.
+
+    python -m pipeline.orchestration.reproduce                    # dvc repro: Table 3, its seed-noise report, MLflow
+    python -m pipeline.orchestration.reproduce table@facex_heads  # that table's rows, evaluations and table
+    python -m pipeline.orchestration.reproduce --all              # dvc repro, then dvc repro extra/dvc.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.core import config
+from pipeline.core.config import PROJECT_ROOT, Config
+from pipeline.core.paths import Paths
+from pipeline.orchestration.graph import Stage, read_pipeline, table_plan
+
+
+def dvc_commands(cfg: Config, pipeline: dict[str, Stage], paths: Paths, targets: Sequence[str], every_table: bool
+                 ) -> list[list[str]]:
+    """The `dvc repro` calls (arguments after `dvc`) that build what was asked, in order."""
+    if every_table:
+        return [["repro"], ["repro", "extra/dvc.yaml"]]
+    if not targets:
+        return [["repro"]]
+    commands = []
+    for target in targets:
+        table = target.removeprefix("table@")
+        if target.startswith("table@") and table not in cfg.default_tables:
+            *upstream, reader = table_plan(pipeline, paths, cfg, table)
+            commands += [["repro", *upstream], ["repro", "--single-item", reader]]
+        else:  # a default table's stage or any DVC target: DVC's own upstream is exact
+            commands.append(["repro", target])
+    return commands
+
+
+def main(argv: Sequence[str] | None = None, root: Path = PROJECT_ROOT) -> int:
+    parser = argparse.ArgumentParser(prog="bash scripts/reproduce", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--all", action="store_true", help="every table: dvc.yaml's and extra/dvc.yaml's")
+    parser.add_argument("targets", nargs="*", help="table@NAME (a key of params tables or extra_tables) or DVC targets")
+    args = parser.parse_args(argv)
+    if args.all and args.targets:
+        parser.error("--all builds every table: give it no targets")
+    cfg = config.load(root / "params.yaml")
+    pipeline = read_pipeline(root) if args.targets else {}
+    for command in dvc_commands(cfg, pipeline, Paths(root), args.targets, args.all):
+        print("+ dvc " + " ".join(command), flush=True)
+        result = subprocess.run([sys.executable, "-m", "dvc", *command], cwd=root)
+        if result.returncode:
+            return result.returncode
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
