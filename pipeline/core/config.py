@@ -252,26 +252,30 @@ class Config(Section):
         # a row's name is an argument (`python -m stages.train --row NAME`, dvc.yaml) and names its folders and runs
         for name in self.rows:
             if not ROW_NAME.fullmatch(name):
-                raise ValueError(f"rows: {name!r} is not a valid row name: it is passed on the command line and names "
-                                 "the model's folders, so it must be an identifier (ASCII letters, digits and _, "
-                                 "not starting with a digit)")
+                raise ValueError(f"{self.params_key('rows', name)}: {name!r} is not a valid row name: it is passed on "
+                                 "the command line and names the model's folders, so it must be an identifier (ASCII "
+                                 "letters, digits and _, not starting with a digit)")
         return self
 
     @model_validator(mode="after")
     def _student_row_exists(self) -> Config:
-        if self.distill.enabled and self.distill.student_row not in self.rows:
-            raise ValueError(f"distill.student_row {self.distill.student_row!r} is not a key of rows")
+        # extra/dvc.yaml's distill stage declares its parameters as rows.<student_row>: DVC finds no extra_rows entry
+        student = self.distill.student_row
+        if self.distill.enabled and student not in self.default_rows:
+            moved = f": the distill stage reads rows.{student}; move it from extra_rows" if student in self.rows else ""
+            raise ValueError(f"distill.student_row {student!r} is not a key of rows{moved}")
         return self
 
     @model_validator(mode="after")
     def _tables_show_trained_models(self) -> Config:
         trained = self.evaluated_models()
         for table, spec in self.tables.items():
+            where = f"{self.params_key('tables', table)}.{table}"
             if not re.fullmatch(r"[a-z0-9_]+", table):
-                raise ValueError(f"tables.{table}: a table's name is a file name: lowercase letters, digits, _")
+                raise ValueError(f"{where}: a table's name is a file name: lowercase letters, digits, _")
             for name in spec.rows:
                 if name not in trained:
-                    raise ValueError(f"tables.{table}.rows: {name!r} is not a trained model "
+                    raise ValueError(f"{where}.rows: {name!r} is not a trained model "
                                      f"(trained: {', '.join(trained)})")
         return self
 
@@ -285,6 +289,12 @@ class Config(Section):
                 raise ValueError(f"tables.{table} shows {', '.join(outside)}, which the default run does not train: "
                                  f"move the table to extra_tables, or those rows from extra_rows to rows")
         return self
+
+    def params_key(self, section: str, name: str) -> str:
+        """The key of params.yaml that holds row or table `name` (`section` is rows or tables): `section` for the
+        default run's, `extra_<section>` for the others."""
+        default = self.default_rows if section == "rows" else self.default_tables
+        return section if name in default else f"extra_{section}"
 
     def default_models(self) -> list[str]:
         """The models the default run (dvc.yaml) trains and evaluates: N-Softmax and params `rows`."""
