@@ -44,9 +44,13 @@ def main(argv: Sequence[str] | None = None, root: Path = PROJECT_ROOT) -> int:
     args = parser.parse_args(argv)
     if args.all and args.targets:
         parser.error("--all builds every table: give it no targets")
-    cfg = config.load(root / "params.yaml")
-    pipeline = read_pipeline(root) if args.targets else {}
-    for command in dvc_commands(cfg, pipeline, Paths(root), args.targets, args.all):
+    try:
+        cfg = config.load(root / "params.yaml")
+        pipeline = read_pipeline(root) if args.targets else {}
+        commands = dvc_commands(cfg, pipeline, Paths(root), args.targets, args.all)
+    except (KeyError, ValueError) as error:  # bad parameters, a table they lack: the one line, not a traceback
+        parser.exit(2, f"{parser.prog}: {error.args[0]}\n")
+    for command in commands:
         print("+ dvc " + " ".join(command), flush=True)
         result = subprocess.run([sys.executable, "-m", "dvc", *command], cwd=root)
         if result.returncode:
