@@ -227,7 +227,8 @@ def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
 def test_params_yaml_is_the_one_source_of_defaults(raw):
     """A field params.yaml sets in a base section has no second default in config.py."""
     for section, value in raw.items():
-        if section in ("profile", "profiles", "rows", "tables", "protocols") or not isinstance(value, dict):
+        if section in ("profile", "profiles", "rows", "extra_rows", "tables", "extra_tables", "protocols") or not \
+                isinstance(value, dict):
             continue
         model = config.Config.model_fields[section].annotation
         assert set(value) <= set(model.model_fields), section
@@ -240,29 +241,123 @@ def test_unused_parameters_are_gone():
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda t: t["table2"]["rows"].update({"nope": {}}), r"tables.table2.rows: 'nope' is not a trained model"),
+    (lambda t: t["table2"]["rows"].update({"nope": {}}), r"extra_tables.table2.rows: 'nope' is not a trained model"),
     (lambda t: t["table2"].update({"baseline": "cosface"}), r"'cosface' is compared but is not one of the table's rows"),
-    (lambda t: t["table2"].update({"compare": [["wd5e4", "wd5e4", "wd5e4"]]}), r"tables.table2.compare.0"),
+    (lambda t: t["table2"].update({"compare": [["wd5e4", "wd5e4", "wd5e4"]]}), r"extra_tables.table2.compare.0"),
     (lambda t: t["table2"]["rows"]["wd5e4"].update({"paper": {"megaface": 1.0}}),
-     r"rows.wd5e4.paper: \['megaface'\] are not paper_columns"),
-    (lambda t: t.update({"Table 9": t["table2"]}), r"tables.Table 9: a table's name is a file name"),
-    (lambda t: t["table2"].pop("paper_source"), r"paper_columns needs paper_source"),
-    (lambda t: t["table2"].update({"rows": {}}), r"tables.table2.rows: .*at least 1 item"),
+     r"extra_tables.table2: .*rows.wd5e4.paper: \['megaface'\] are not paper_columns"),
+    (lambda t: t.update({"Table 9": t["table2"]}), r"extra_tables.Table 9: a table's name is a file name"),
+    (lambda t: t["table2"].pop("paper_source"), r"extra_tables.table2: .*paper_columns needs paper_source"),
+    (lambda t: t["table2"].update({"rows": {}}), r"extra_tables.table2.rows: .*at least 1 item"),
 ])
 def test_a_bad_table_is_named(raw, change, message):
+    """Named as params.yaml spells it: table2 is under extra_tables."""
     raw = copy.deepcopy(raw)
-    change(raw["tables"])
+    change(raw["extra_tables"])
     with pytest.raises(ValueError, match=message):
         config.resolve(raw, "cpu")
+
+
+@pytest.mark.parametrize("section, table", [("tables", "table3"), ("extra_tables", "table2")])
+def test_a_table_is_named_under_the_section_that_holds_it(raw, section, table):
+    bad = copy.deepcopy(raw)
+    bad[section][table]["rows"]["nope"] = {}
+    with pytest.raises(ValueError, match=rf"\b{section}\.{table}\.rows: 'nope' is not a trained model"):
+        config.resolve(bad, "cpu")
+    bad = copy.deepcopy(raw)
+    bad[section]["Table 9"] = bad[section][table]
+    with pytest.raises(ValueError, match=rf"\b{section}\.Table 9: a table's name is a file name"):
+        config.resolve(bad, "cpu")
 
 
 def test_a_table_cannot_show_the_distillation_when_it_is_off(raw):
     raw = copy.deepcopy(raw)
     raw["distill"]["enabled"] = False
-    with pytest.raises(ValueError, match=r"tables.distill.rows: 'teacher' is not a trained model"):
+    with pytest.raises(ValueError, match=r"extra_tables.distill.rows: 'teacher' is not a trained model"):
         config.resolve(raw, "cpu")
-    del raw["tables"]["distill"]
+    del raw["extra_tables"]["distill"]
     assert "distill" not in config.resolve(raw, "cpu").tables
+
+
+# --- the default run (params rows, tables: dvc.yaml) and the other tables (extra_rows, extra_tables) ------------------
+
+
+def test_extra_rows_and_tables_join_the_default_ones_in_params_order(raw):
+    cfg = config.resolve(raw, "cpu")
+    assert list(cfg.rows) == [*raw["rows"], *raw["extra_rows"]]
+    assert list(cfg.tables) == [*raw["tables"], *raw["extra_tables"]]
+    assert cfg.default_rows == list(raw["rows"]) and cfg.default_tables == list(raw["tables"]) == ["table3"]
+    assert cfg.default_models() == [PRETRAIN, *raw["rows"]]
+    assert cfg.rows["wd5e4"].embedding_wd_mult == raw["extra_rows"]["wd5e4"]["embedding_wd_mult"]
+    assert cfg.tables["facex_heads"].title == raw["extra_tables"]["facex_heads"]["title"]
+    assert {cfg.params_key("rows", n) for n in raw["extra_rows"]} == {"extra_rows"}
+    assert {cfg.params_key("rows", n) for n in raw["rows"]} == {"rows"}
+
+
+@pytest.mark.parametrize("key, name", [("rows", "cosface"), ("rows", "wd5e4"), ("tables", "table3"),
+                                       ("tables", "table2")])
+def test_a_name_in_both_sections_is_refused_naming_it(raw, key, name):
+    bad = copy.deepcopy(raw)
+    default, extra = bad[key], bad[f"extra_{key}"]
+    (default if name in extra else extra)[name] = copy.deepcopy({**default, **extra}[name])
+    with pytest.raises(ValueError, match=rf"params.yaml: {name} in both {key} and extra_{key}: a name is in one"):
+        config.resolve(bad, "cpu", source="params.yaml")
+
+
+@pytest.mark.parametrize("shown", ["wd5e4", "facex_adacos", "teacher", "student"])
+def test_a_default_table_that_shows_a_model_the_default_run_lacks_is_refused(raw, shown):
+    bad = copy.deepcopy(raw)
+    bad["tables"]["table3"]["rows"][shown] = {}
+    with pytest.raises(ValueError, match=rf"tables.table3 shows {shown}, which the default run does not train: "
+                                         "move the table to extra_tables"):
+        config.resolve(bad, "cpu")
+    bad["extra_tables"]["table3"] = bad["tables"].pop("table3")  # the same table among the others is fine
+    assert config.resolve(bad, "cpu").default_tables == []
+
+
+@pytest.mark.parametrize("key", ["default_rows", "default_tables"])
+def test_the_default_run_lists_are_not_parameters(raw, key):
+    bad = copy.deepcopy(raw)
+    bad[key] = list(raw[key.removeprefix("default_")])
+    with pytest.raises(ValueError, match=rf"params.yaml: {key} is not a parameter: the default run's rows and tables "
+                                         rf"are those of `{key.removeprefix('default_')}`"):
+        config.resolve(bad, "cpu", source="params.yaml")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("weight_decay", -1e-4, r"extra_rows\.wd5e4\.weight_decay: Input should be greater than or equal to 0"),
+    ("typo", 1, r"extra_rows\.wd5e4\.typo: Extra inputs are not permitted"),
+    ("margins", "big", r"extra_rows\.wd5e4\.margins: "),
+])
+def test_an_error_inside_an_extra_row_is_named_as_params_spells_it(raw, field, value, message):
+    bad = copy.deepcopy(raw)
+    bad["extra_rows"]["wd5e4"][field] = value
+    with pytest.raises(ValueError, match=message) as caught:
+        config.resolve(bad, "cpu")
+    assert " rows.wd5e4" not in str(caught.value)
+    bad = copy.deepcopy(raw)
+    bad["rows"]["cosface"][field] = value  # a default row keeps its own section's name
+    with pytest.raises(ValueError, match=message.replace("extra_rows", "rows").replace("wd5e4", "cosface")) as caught:
+        config.resolve(bad, "cpu")
+    assert "extra_rows" not in str(caught.value)
+
+
+def test_the_distillation_student_row_is_a_default_row(raw):
+    """extra/dvc.yaml's distill stage declares rows.<student_row> as a parameter: DVC would fail it after the teacher
+    trained, on a student row kept under extra_rows."""
+    bad = copy.deepcopy(raw)
+    student = bad["distill"]["student_row"]
+    bad["extra_rows"][student] = bad["rows"].pop(student)
+    for table in bad["tables"].values():
+        table["rows"].pop(student, None)
+        table["compare"] = [pair for pair in table.get("compare", []) if student not in pair]
+    with pytest.raises(ValueError, match=rf"distill.student_row '{student}' is not a key of rows: the distill stage "
+                                         rf"reads rows.{student}; move it from extra_rows"):
+        config.resolve(bad, "cpu")
+    bad["distill"]["enabled"] = False
+    for table in [t for t, spec in bad["extra_tables"].items() if {"teacher", "student"} & set(spec["rows"])]:
+        del bad["extra_tables"][table]
+    assert student in config.resolve(bad, "cpu").rows
 
 
 # --- what the typed config accepted and a later stage refused or misread -----------------------------
@@ -275,11 +370,12 @@ def test_a_seed_listed_twice_is_refused(raw):
         config.resolve(bad, "cpu")
 
 
+@pytest.mark.parametrize("section", ["rows", "extra_rows"])
 @pytest.mark.parametrize("name", ["my row", "cosface-2", "2cosface", "coś", ""])
-def test_a_row_name_that_is_not_an_identifier_is_refused(raw, name):
+def test_a_row_name_that_is_not_an_identifier_is_refused(raw, name, section):
     bad = copy.deepcopy(raw)
-    bad["rows"][name] = dict(bad["rows"]["cosface"])
-    with pytest.raises(ValueError, match=rf"rows: {name!r} is not a valid row name"):
+    bad[section][name] = dict(bad["rows"]["cosface"])
+    with pytest.raises(ValueError, match=rf"error, {section}: {name!r} is not a valid row name"):
         config.resolve(bad, "cpu")
 
 
