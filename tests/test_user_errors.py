@@ -34,11 +34,12 @@ from tests.test_resume_pipeline import copy_project
 
 @pytest.fixture()
 def smoke(tmp_path):
-    """The smoke profile's params.yaml in an empty project folder: (its path, the raw parameters)."""
+    """The smoke profile's params.yaml in an empty project folder, in params order (a table reads its rows in
+    order): (its path, the raw parameters)."""
     raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     raw["profile"] = "smoke"
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path, raw
 
 
@@ -175,7 +176,7 @@ MISSING = {  # stage: (its run's keyword arguments, what exists already, the pat
     "evaluate": ({"model": "cosface"}, lambda p: make_dirs(p.aligned / "benchmarks"),
                  "data/models/cosface/seed0/model.pt", "train@cosface"),
     "table": ({"table": "table3"}, lambda p: None, "reports/metrics/eval/pretrain.json", "evaluate_models@pretrain"),
-    "report": ({}, lambda p: None, "reports/metrics/eval/pretrain.json", "evaluate_models@pretrain"),
+    "report": ({"scope": "default"}, lambda p: None, "reports/metrics/eval/pretrain.json", "evaluate_models@pretrain"),
 }
 STAGES = {"align": align, "clean": clean, "pretrain": pretrain, "train": train, "distill": distill,
           "evaluate": evaluate, "table": table, "report": report}
