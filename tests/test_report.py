@@ -39,17 +39,21 @@ def project(tmp_path_factory):
 
 
 def _report(cfg: config.Config, paths: Paths) -> None:
-    """What `dvc repro` runs after the evaluations: stage table for each table of params, then stage report."""
+    """What `dvc repro` and `dvc repro extra/dvc.yaml` run after the evaluations: stage table for each table of
+    params, then stage report of each scope."""
     for table in cfg.tables:
         table_stage.run(cfg, paths, table)
-    report_stage.run(cfg, paths)
+    for scope in report_stage.SCOPES:
+        report_stage.run(cfg, paths, scope)
 
 
-def _write_evaluations(cfg: config.Config, paths: Paths) -> None:
+def _write_evaluations(cfg: config.Config, paths: Paths, models: list[str] | None = None, curves: bool = False) -> None:
+    """Made-up evaluations of `models` (default: every trained model); with `curves`, seed 0's training curve of
+    each, which the report draws."""
     rng = np.random.default_rng(0)
     difficulty = rng.normal(0, 1.0, size=PAIRS)  # the same pairs for every model and seed
     level = {"li_arcface_m040": 2.5, "pretrain": 0.6}  # one clearly better row; the rest alike
-    for name in trained_models(cfg):
+    for name in trained_models(cfg) if models is None else models:
         seeds, frames = {}, []
         for seed in cfg.seeds:
             scored = {}
@@ -65,8 +69,10 @@ def _write_evaluations(cfg: config.Config, paths: Paths) -> None:
                                                insightface_accuracy_std=0.02, tar_at_far={})
                 frames.append(pd.DataFrame({"seed": seed, "benchmark": bench, "pair": range(PAIRS), "correct": correct}))
             seeds[seed] = SeedEvaluation(diverged_at_step=None, train={}, benchmarks=scored, timing=None)
+            drawn = curves and seed == 0
+            curve = [{"step": step, "curve_synth-lfw": 0.5 + step / 100} for step in (3, 6)] if drawn else []
             (seed_dir(paths, name, seed)).mkdir(parents=True)
-            (seed_dir(paths, name, seed) / "train.json").write_text(json.dumps({"curve": []}))
+            (seed_dir(paths, name, seed) / "train.json").write_text(json.dumps({"curve": curve}))
         ModelEvaluation(model=name, label=name, flip=True, seeds=seeds).save(paths.metrics("eval", name))
         paths.eval_dir(name).mkdir(parents=True)
         pd.concat(frames).to_parquet(paths.eval_dir(name) / "pairs.parquet")
@@ -101,13 +107,61 @@ def test_comparisons_are_seed_paired_with_verdicts(project):
     assert "| Li-ArcFace (m=0.4) | N-Softmax | synth-lfw |" in (paths.reports / "table3.md").read_text()
 
 
-def test_seed_noise_report_covers_every_table(project):
+def test_each_scope_s_seed_noise_report_covers_its_own_tables(project):
     cfg, paths = project
+    default = (paths.reports / "seed_noise.md").read_text()
+    extra = (paths.reports / "extra" / "seed_noise.md").read_text()
+    titles = {table: f"## {cfg.tables[table].title}" for table in cfg.tables}
+    assert [t for t in cfg.tables if titles[t] in default] == cfg.default_tables == ["table3"]
+    assert [t for t in cfg.tables if titles[t] in extra] == [t for t in cfg.tables if t not in cfg.default_tables]
+    for title in ("Table 2", "Distillation", "Cleaning"):
+        assert f"## {title}" in extra and f"## {title}" not in default
+    for noise in (default, extra):
+        assert "Pairing by seed" in noise and "seeds needed" in noise
+        assert "A seed sets everything random" in noise
+
+
+def test_the_default_report_reads_table3s_models_alone_and_writes_reports(tmp_path):
+    """Scope default (dvc.yaml's report) needs the evaluations of Table 3's models and no other (dvc.yaml lists those
+    alone as its inputs), and writes reports/ only; scope extra needs the other tables' models."""
+    cfg = _smoke()
+    paths = Paths(tmp_path)
+    shown = list(cfg.tables["table3"].rows)
+    assert set(trained_models(cfg)) - set(shown)  # the other tables' models, absent here
+    _write_evaluations(cfg, paths, shown, curves=True)
+    before = {p for p in paths.root.rglob("*") if p.is_file()}
+    table_stage.run(cfg, paths, "table3")
+    report_stage.run(cfg, paths, "default")
+    written = {p.relative_to(paths.root).as_posix() for p in paths.root.rglob("*") if p.is_file()} - {
+        p.relative_to(paths.root).as_posix() for p in before}
+    assert written == {*table_stage.outputs("table3"), *report_stage.outputs("default"), "reports/curves/synth-lfw.csv"}
+    assert list(pd.read_csv(paths.reports / "curves" / "synth-lfw.csv").columns) == ["step", *shown]
     noise = (paths.reports / "seed_noise.md").read_text()
-    for title in ("Table 3", "Table 2", "Distillation", "Cleaning"):
-        assert f"## {title}" in noise
-    assert "Pairing by seed" in noise and "seeds needed" in noise
-    assert "A seed sets everything random" in noise
+    assert "## Table 3" in noise and "## Table 2" not in noise
+    first_extra = next(m for t in cfg.tables if t not in cfg.default_tables for m in cfg.tables[t].rows
+                       if m not in shown)  # the first evaluation scope extra reads
+    with pytest.raises(FileNotFoundError, match=rf"reports/metrics/eval/{first_extra}\.json is missing"):
+        report_stage.run(cfg, paths, "extra")
+    assert not (paths.reports / "extra").exists()
+
+
+def test_the_extra_report_writes_reports_extra(tmp_path):
+    """Scope extra (extra/dvc.yaml's report) draws the other tables' models into reports/extra/ and leaves the
+    default run's report as it was."""
+    cfg = _smoke()
+    paths = Paths(tmp_path)
+    _write_evaluations(cfg, paths, curves=True)
+    report_stage.run(cfg, paths, "default")
+    default = {p: p.read_bytes() for p in paths.reports.rglob("*") if p.is_file()}
+    report_stage.run(cfg, paths, "extra")
+    assert {p: p.read_bytes() for p in default} == default
+    out = paths.reports / "extra"
+    written = {p.relative_to(paths.root).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert written == {*report_stage.outputs("extra"), "reports/extra/curves/synth-lfw.csv"}
+    assert report_stage.output_dir(paths, "extra") == out and report_stage.output_dir(paths, "default") == paths.reports
+    extra_models = list(dict.fromkeys(m for t in cfg.tables if t not in cfg.default_tables for m in cfg.tables[t].rows))
+    assert list(pd.read_csv(out / "curves" / "synth-lfw.csv").columns) == ["step", *extra_models]
+    assert "## Table 2" in (out / "seed_noise.md").read_text()
 
 
 def test_a_table_added_in_params_alone_is_reported(tmp_path):
@@ -133,7 +187,8 @@ def test_a_table_added_in_params_alone_is_reported(tmp_path):
     assert list(pd.read_csv(paths.reports / "margins.csv")["model"]) == ["cosface", "li_arcface_m040"]
     assert "## Margins — Li-ArcFace against CosFace" in (paths.reports / "seed_noise.md").read_text()
     written = {str(p.relative_to(paths.root)) for p in paths.reports.rglob("*") if p.is_file()}
-    declared = {out for table in cfg.tables for out in table_stage.outputs(table)} | set(report_stage.OUTPUTS)
+    declared = {out for table in cfg.tables for out in table_stage.outputs(table)} | {
+        out for scope in report_stage.SCOPES for out in report_stage.outputs(scope)}
     inputs = {"reports/cleaning.json"} | {f"reports/metrics/eval/{n}.json" for n in trained_models(cfg)}
     assert written - declared == inputs  # the fixture's inputs; no curves to draw, so no PNG
 
