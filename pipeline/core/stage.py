@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePath
 from typing import TypeVar
 
+import yaml
+
 from pipeline.core import config
 from pipeline.core.config import BOOTSTRAP, PRETRAIN, STUDENT, TEACHER, Config
 from pipeline.core.paths import Paths
@@ -134,11 +136,23 @@ def writer(paths: Paths, path: Path) -> str | None:
     except ValueError:
         return None
     if parts[:2] == ("data", "models") and len(parts) > 2:
-        return _MODEL_WRITERS.get(parts[2], f"train@{parts[2]}")
+        return _in_its_file(paths, parts[2], _MODEL_WRITERS.get(parts[2], f"train@{parts[2]}"))
     model = _evaluated_model(parts)
     if model is not None:
-        return f"evaluate_models@{model}" if model in (PRETRAIN, TEACHER, STUDENT) else f"evaluate@{model}"
+        stage = f"evaluate_models@{model}" if model in (PRETRAIN, TEACHER, STUDENT) else f"evaluate@{model}"
+        return _in_its_file(paths, model, stage)
     return next((stage for prefix, stage in _WRITERS.items() if parts[: len(prefix)] == prefix), None)
+
+
+def _in_its_file(paths: Paths, model: str, stage: str) -> str:
+    """`stage` as `dvc repro` takes it: prefixed with extra/dvc.yaml: for a model of the other tables (params
+    `extra_rows`, the distillation's teacher and student)."""
+    try:
+        raw = yaml.safe_load((paths.root / "params.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):  # an error message is being written: the stage name alone will do
+        raw = {}
+    extra = raw.get("extra_rows") if isinstance(raw, dict) else None
+    return f"extra/dvc.yaml:{stage}" if model in {*(extra or {}), TEACHER, STUDENT} else stage
 
 
 def _evaluated_model(parts: tuple[str, ...]) -> str | None:

@@ -161,12 +161,12 @@ def check_folds(folds: int, protocols: dict[str, tuple[int, str]]) -> None:
                              "stage evaluate scores every pair protocol on its own folds")
 
 
-def model_keys(name: str) -> dict[str, str]:
+def model_keys(cfg: Config, name: str) -> dict[str, str]:
     """The params keys recipe `name`'s backbone, embedding size, head and margins come from."""
     if name == TEACHER:
         return {"backbone": "distill.teacher_backbone", "embedding_size": "distill.teacher_embedding_size",
                 "head": "distill.teacher_head", "margins": "distill.teacher_margins"}
-    section = "pretrain" if name == PRETRAIN else f"rows.{name}"
+    section = "pretrain" if name == PRETRAIN else f"{cfg.params_key('rows', name)}.{name}"
     return {"backbone": "backbone.name", "embedding_size": "backbone.embedding_size",
             "head": f"{section}.head", "margins": f"{section}.margins"}
 
@@ -227,7 +227,7 @@ def check_models(cfg: Config, models: dict[str, Recipe], synthetic: SyntheticSpe
     for name, recipe in models.items():
         if name in (BOOTSTRAP, STUDENT):
             continue  # built as a row is: the bootstrap is N-Softmax on the rows' backbone, the student its row
-        keys = model_keys(name)
+        keys = model_keys(cfg, name)
         size = (recipe.backbone, recipe.embedding_size)
         if size not in measured:
             sizes = f"{keys['backbone']} at align.crop_size={crop}, {keys['embedding_size']}={recipe.embedding_size}"

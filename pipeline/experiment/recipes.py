@@ -86,7 +86,7 @@ def recipes(cfg: Config) -> dict[str, Recipe]:
     }
     for name, row in cfg.rows.items():
         if name in found or name in (TEACHER, STUDENT):
-            raise ValueError(f"rows: {name!r} is a reserved model name")
+            raise ValueError(f"{cfg.params_key('rows', name)}: {name!r} is a reserved model name")
         found[name] = Recipe(
             name=name,
             label=row.label,
