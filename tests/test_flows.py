@@ -25,11 +25,13 @@ from pipeline.core import config
 from pipeline.core.config import PROJECT_ROOT
 from pipeline.evaluate.record import ModelEvaluation, PairFigures, SeedEvaluation
 from pipeline.orchestration.artifacts import artifact_key, mlflow_links, mlflow_run_url, row_markdown
-from pipeline.orchestration.flows import _retry_if_transient, check_request, deployments, select_rows
-from pipeline.orchestration.graph import Stage, model_stages, plan, read_pipeline
+from pipeline.orchestration.flows import (
+    _retry_if_transient, changed_stages, check_request, deployments, extra_report_reads, select_rows,
+)
+from pipeline.orchestration.graph import Stage, model_stages, plan, read_pipeline, table_plan
 from pipeline.orchestration.scheduler import StageFailed, is_transient, schedule, stage_env, stage_error, stage_threads
 from pipeline.core.paths import Paths
-from tests.test_resume_pipeline import copy_project, keep_rows
+from tests.test_resume_pipeline import copy_project, keep_rows, write_params
 
 # --- the plan ---------------------------------------------------------------------------------------------------
 
@@ -235,7 +237,7 @@ def test_rows_are_the_tables_rows(smoke):
         select_rows(smoke, "table3", ["nope"])
     with pytest.raises(ValueError, match="rows is empty"):
         select_rows(smoke, "table3", [])
-    with pytest.raises(ValueError, match=r"no table 'table9' under tables \(known: table3, table2, distill, facex_heads"):
+    with pytest.raises(ValueError, match=r"no table 'table9' under tables or extra_tables \(known: table3, table2, distill"):
         select_rows(smoke, "table9", None)
 
 
@@ -260,20 +262,82 @@ def test_stage_environment(monkeypatch):
 # --- DVC's graph and the artifacts ------------------------------------------------------------------------------
 
 
-def test_model_stages_come_from_dvc_yaml(tmp_path):
-    for name in ("dvc.yaml", "params.yaml", ".dvc/config"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(PROJECT_ROOT / name, tmp_path / name)
-    (tmp_path / ".dvc" / "config.local").write_text("[core]\n    no_scm = true\n")
-    pipeline = read_pipeline(tmp_path)
-    paths = Paths(tmp_path)
+@pytest.fixture(scope="module")
+def pipeline_here(tmp_path_factory):
+    """DVC's graph of this repository's dvc files and params, read in a copy (no lock taken here), and its Paths."""
+    root = tmp_path_factory.mktemp("graph")
+    for name in ("dvc.yaml", "extra/dvc.yaml", "params.yaml", ".dvc/config"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(PROJECT_ROOT / name, root / name)
+    (root / ".dvc" / "config.local").write_text("[core]\n    no_scm = true\n")
+    return read_pipeline(root), Paths(root)
+
+
+def test_model_stages_come_from_dvc_yaml(pipeline_here):
+    pipeline, paths = pipeline_here
     assert model_stages(pipeline, paths, "cosface") == ("train@cosface", "evaluate@cosface")
     assert model_stages(pipeline, paths, "pretrain") == ("pretrain", "evaluate_models@pretrain")
-    assert model_stages(pipeline, paths, "student") == ("distill", "evaluate_models@student")
+    assert model_stages(pipeline, paths, "wd5e4") == ("extra/dvc.yaml:train@wd5e4", "extra/dvc.yaml:evaluate@wd5e4")
+    assert model_stages(pipeline, paths, "student") == ("extra/dvc.yaml:distill", "extra/dvc.yaml:evaluate_models@student")
     assert {"align", "clean", "pretrain"} <= pipeline["train@cosface"].needs
     assert "train@cosface" in pipeline["evaluate@cosface"].needs
     with pytest.raises(KeyError, match="no stage writes data/models/nope"):
         model_stages(pipeline, paths, "nope")
+
+
+def extra_stages(order):
+    return [name for name in order if name.startswith("extra/dvc.yaml:")]
+
+
+@pytest.mark.parametrize("table", ["table3", "table2", "distill", "facex_heads", "cleaning"])
+def test_a_tables_plan_is_upstream_first_and_builds_no_other_table(pipeline_here, smoke, table):
+    pipeline, paths = pipeline_here
+    order = table_plan(pipeline, paths, smoke, table)
+    assert len(order) == len(set(order))
+    for i, name in enumerate(order):  # upstream first, as far as the plan goes
+        assert pipeline[name].needs & set(order) <= set(order[:i]), name
+    own = {stage for model in smoke.tables[table].rows for stage in model_stages(pipeline, paths, model)}
+    trained = {name for name in order if name.split(":")[-1].startswith(("train@", "evaluate@", "evaluate_models@"))}
+    assert trained <= own  # no other table's row
+    readers = [name for name in order if name.split(":")[-1].startswith(("table@", "report"))]
+    if table == "table3":  # the default run: dvc.yaml alone, its table and its report
+        assert not extra_stages(order) and readers == ["table@table3", "report"] == order[-2:]
+        assert set(order) == set(plan(pipeline, readers))  # everything the report reads, and nothing more
+    else:  # its models, then its table stage alone: DVC's upstream of it is every evaluation of both dvc files
+        assert readers == [f"extra/dvc.yaml:table@{table}"] == order[-1:]
+        assert set(extra_stages(order[:-1])) <= own
+
+
+def test_a_subset_of_rows_plans_those_rows_then_the_readers(pipeline_here, smoke):
+    pipeline, paths = pipeline_here
+    order = table_plan(pipeline, paths, smoke, "table3", ["cosface"])
+    assert order == plan(pipeline, ["train@cosface", "evaluate@cosface"]) + ["table@table3", "report"]
+    assert "evaluate_models@pretrain" not in order  # the other rows' results are read as they are
+    order = table_plan(pipeline, paths, smoke, "table2", ["wd5e4"])
+    assert order == plan(pipeline, [*model_stages(pipeline, paths, "wd5e4")]) + ["extra/dvc.yaml:table@table2"]
+    assert "train@arcface_m050_ns" not in order
+
+
+def test_the_extra_report_reads_every_extra_tables_models(pipeline_here, smoke):
+    pipeline, paths = pipeline_here
+    reads = extra_report_reads(smoke, pipeline, paths)
+    assert {"evaluate@cosface", "evaluate@arcface_m050_ns", "extra/dvc.yaml:evaluate@wd5e4",
+            "extra/dvc.yaml:evaluate_models@teacher", "extra/dvc.yaml:evaluate@facex_npcface"} <= set(reads)
+    assert "evaluate@li_arcface_m035" not in reads  # Table 3's alone
+    assert len(reads) == len(set(reads))
+
+
+def test_changed_stages_are_what_dvc_status_finds_stale(tmp_path):
+    stages = {name: {"cmd": f"cp {src} {name}.txt", "deps": [src], "outs": [f"{name}.txt"]}
+              for name, src in (("a", "in.txt"), ("b", "a.txt"), ("c", "in.txt"))}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    (tmp_path / "in.txt").write_text("1")
+    for command in (["init", "--no-scm", "-q"], ["repro", "-q", "b"]):
+        subprocess.run([sys.executable, "-m", "dvc", *command], cwd=tmp_path, check=True, capture_output=True)
+    pipeline = read_pipeline(tmp_path)
+    assert changed_stages(tmp_path, pipeline, ["b"]) == []  # it and what it needs are up to date
+    (tmp_path / "in.txt").write_text("2")
+    assert changed_stages(tmp_path, pipeline, ["b", "c"]) == ["a", "c"]  # what b needs went stale; c never ran
 
 
 def test_artifact_keys_and_mlflow_links():
@@ -298,6 +362,9 @@ def test_row_markdown_shows_the_rows_figures_and_links(smoke):
     assert cells[1].startswith("81.25 [") and cells[1].endswith("(1 seed: pairs only)")  # the flip test's pairs
     assert cells[2] == "99.200"  # the paper's LFW for this row in params.yaml
     assert "[seed 0](http://x/#/experiments/1/runs/r)" in text
+    relabelled = ModelEvaluation(model="arcface_m050_ns", label="ArcFace (m=0.5, NS)", flip=True, seeds={0: seed})
+    text = row_markdown(smoke, "table2", "arcface_m050_ns", relabelled, per_pair, [])
+    assert text.startswith("# table2: 5e-4 wdml10\n") and "| 5e-4 wdml10 |" in text  # the table's label for it
 
 
 def test_mlflow_links_point_at_each_seeds_run(smoke, tmp_path, monkeypatch):
@@ -404,9 +471,9 @@ def project(tmp_path_factory):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["profile"] = "smoke"
     keep_rows(params, {"cosface", "li_arcface_m040", "arcface_m050_ns"})  # N-Softmax, NS init, distillation
-    # after each run the flow runs every table's stage: the other tables would add stages that orchestrate nothing new
-    params["tables"] = {name: params["tables"][name] for name in ("table3", "distill")}
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # the extra tables that show only Table 3's models, so the extra report can follow Table 2 with nothing more trained
+    params["extra_tables"] = {name: params["extra_tables"][name] for name in ("table2", "cleaning")}
+    write_params(root, params)
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {
@@ -455,9 +522,15 @@ def test_the_deployment_reproduces_table3(project):
         label = params["pretrain"]["label"] if name == "pretrain" else params["rows"][name]["label"]
         assert f"| {label} |" in table, name
 
-    # DVC ran every stage, so a plain `dvc status` finds nothing left to do
-    status = sh([sys.executable, "-m", "dvc", "status"], project.root, project.env)
+    # DVC ran every stage of the default run, so `dvc status dvc.yaml` finds nothing left to do; no stage of
+    # extra/dvc.yaml ran: neither a task nor an output of it, and DVC finds its tables never built
+    status = sh([sys.executable, "-m", "dvc", "status", "dvc.yaml"], project.root, project.env)
     assert "up to date" in status.stdout, status.stdout
+    tasks = project.task_runs(run)
+    assert "table@table3" in tasks and "report" in tasks and not extra_stages(tasks), sorted(tasks)
+    assert not (project.root / "reports" / "table2.md").exists() and not (project.root / "reports" / "extra").exists()
+    status = sh([sys.executable, "-m", "dvc", "status", "extra/dvc.yaml"], project.root, project.env)
+    assert "extra/dvc.yaml:table@table2:" in status.stdout and "extra/dvc.yaml:report:" in status.stdout, status.stdout
 
     with sqlite3.connect(project.root / "mlflow.db") as db:
         runs = {row: (run_id, exp) for row, run_id, exp in db.execute(  # each model's seed-0 child run
@@ -466,7 +539,6 @@ def test_the_deployment_reproduces_table3(project):
         )}
     assert set(table3_rows) | {"pretrain"} <= set(runs)
 
-    tasks = project.task_runs(run)
     trains = sorted(
         (datetime.fromisoformat(t["start_time"]), datetime.fromisoformat(t["end_time"]))
         for name, t in tasks.items() if name.startswith("train@")
@@ -483,9 +555,48 @@ def test_the_deployment_reproduces_table3(project):
 
 
 @pytest.mark.slow
+def test_an_extra_table_builds_its_table_then_the_extra_report_when_all_it_reads_is_current(project):
+    trained = project.model_times()
+    result, run = project.trigger("reproduce-table2/cpu")
+    assert result.returncode == 0 and run["state"]["type"] == "COMPLETED", run["state"]["message"]
+    tasks = project.task_runs(run)
+    assert tasks["extra/dvc.yaml:table@table2"]["state_type"] == "COMPLETED"
+    # the extra report reads Table 2's and the cleaning table's models, which Table 3's deployment trained
+    assert tasks["extra/dvc.yaml:report"]["state_type"] == "COMPLETED"
+    assert not {"table@table3", "report", "extra/dvc.yaml:table@cleaning"} & set(tasks), sorted(tasks)
+    assert project.model_times() == trained
+    assert "| 5e-4 wdml10 |" in (project.root / "reports" / "table2.md").read_text()
+    assert (project.root / "reports" / "extra" / "seed_noise.md").is_file()
+    artifacts = project.artifacts(run)
+    assert "| 5e-4 wdml10 |" in artifacts["table2"]["data"]
+    assert artifacts["table2-arcface-m050-ns"]["data"].startswith("# table2: 5e-4 wdml10")
+    status = sh([sys.executable, "-m", "dvc", "status", "extra/dvc.yaml:table@table2", "extra/dvc.yaml:report"],
+                project.root, project.env)
+    assert "up to date" in status.stdout, status.stdout
+
+    # a model the extra report reads but Table 2 does not show goes stale: Table 2 is built, the report left out
+    params_file = project.root / "params.yaml"
+    params = params_file.read_text()
+    changed = yaml.safe_load(params)
+    changed["rows"]["li_arcface_m040"]["margins"]["m"] = 0.41
+    params_file.write_text(yaml.safe_dump(changed, sort_keys=False))
+    try:
+        result, run = project.trigger("reproduce-table2/cpu")
+    finally:
+        params_file.write_text(params)
+    assert result.returncode == 0 and run["state"]["type"] == "COMPLETED", run["state"]["message"]
+    tasks = project.task_runs(run)
+    assert "extra/dvc.yaml:table@table2" in tasks and "extra/dvc.yaml:report" not in tasks, sorted(tasks)
+    logs = project.logs(run)
+    assert "extra/dvc.yaml:report not run" in logs and "train@li_arcface_m040" in logs, logs[-3000:]
+    assert project.model_times() == trained
+
+
+@pytest.mark.slow
 def test_a_failing_stage_fails_the_run_with_its_message_and_a_rerun_trains_nothing(project):
     trained = project.model_times()
-    assert len(trained) > 10
+    built = config.load(project.root / "params.yaml")
+    assert {f"data/models/{m}/seed{s}/model.pt" for m in built.default_models() for s in built.seeds} <= set(trained)
     # A fault only the evaluation meets. Stage validate checks every parameter before any stage runs, so the trained
     # model file is damaged in place, keeping its size and times, which DVC's state trusts without hashing it again
     # (as it would a file that rotted on disk); a valid change to the evaluation's own parameters makes it run.
@@ -515,8 +626,11 @@ def test_a_failing_stage_fails_the_run_with_its_message_and_a_rerun_trains_nothi
     result, run = project.trigger("reproduce-table3/cpu", rows=["cosface"])
     assert result.returncode == 0 and run["state"]["type"] == "COMPLETED", run["state"]["message"]
     logs = project.logs(run)
-    # the failed evaluation is redone, or restored from DVC's run cache (its outputs are not `persist`)
-    assert "Running stage 'evaluate@cosface'" in logs or "Stage 'evaluate@cosface' is cached" in logs, logs
+    # the failed evaluation left its previous outputs and lock entry, which the restored parameters match: DVC
+    # keeps them (`persist` outputs), reruns the stage or restores it from its run cache
+    outcomes = ("Stage 'evaluate@cosface' didn't change", "Running stage 'evaluate@cosface'",
+                "Stage 'evaluate@cosface' is cached")
+    assert any(outcome in logs for outcome in outcomes), logs
     assert (project.root / "reports" / "metrics" / "eval" / "cosface.json").is_file()
     assert "Stage 'train@cosface' didn't change, skipping" in logs
     assert project.model_times() == trained

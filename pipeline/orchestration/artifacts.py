@@ -58,9 +58,11 @@ def mlflow_links(cfg: Config, paths: Paths, model: str, ui: str) -> list[str]:
 def row_markdown(
     cfg: Config, table: str, model: str, evaluation: ModelEvaluation, per_pair: pd.DataFrame, links: Sequence[str]
 ) -> str:
-    """One row of the table (the report's own formatting: mean over seeds with its interval) with its MLflow runs."""
+    """One row of the table (the report's own formatting: mean over seeds with its interval) with its MLflow runs,
+    under the label the table gives it (Table 2 shows arcface_m050_ns as "5e-4 wdml10")."""
     metric = "accuracy_flip" if evaluation.flip else "accuracy"
     spec = cfg.tables[table]
+    label = spec.rows[model].label or evaluation.label
     scored = tables.order_benchmarks(sorted(evaluation.scored_benchmarks()))
     benchmarks = tables.shown_benchmarks(spec, scored, set(cfg.protocols))
     one_row = spec.model_copy(update={"rows": {model: spec.rows[model]}})
@@ -68,7 +70,7 @@ def row_markdown(
     frame = tables.table(one_row, labels, {model: evaluation}, {model: per_pair}, benchmarks, metric, cfg.evaluate.alpha)
     return "\n".join(
         [
-            f"# {table}: {evaluation.label}",
+            f"# {table}: {label}",
             "",
             f"Row `{model}`, profile `{cfg.profile}`, {metric.replace('_', ' ')} (%), seeds {list(cfg.seeds)}: "
             f"mean over seeds [{round(100 * (1 - cfg.evaluate.alpha))}% interval].",

@@ -77,15 +77,23 @@ def plan(pipeline: Mapping[str, Stage], targets: Sequence[str]) -> list[str]:
     return order
 
 
-def table_plan(pipeline: Mapping[str, Stage], paths: Paths, cfg: Config, table: str) -> list[str]:
-    """The stages that build `table`, upstream first: its models' training and evaluation (row by row), its table
-    stage, and for a table of the default run the default report. A table of extra/dvc.yaml reads folders of
-    evaluations, so DVC's own upstream of its stage is every evaluation of extra/dvc.yaml: the plan takes the stage
-    alone, after the ones it reads."""
+def table_plan(
+    pipeline: Mapping[str, Stage], paths: Paths, cfg: Config, table: str, rows: Sequence[str] | None = None
+) -> list[str]:
+    """The stages that build `table`, upstream first: its models' training and evaluation (row by row; `rows`: only
+    those rows, the others' results are read as they are), its table stage, and for a table of the default run the
+    default report. Those readers of dvc.yaml list their inputs file by file, so for a whole default table they come
+    with DVC's own upstream: everything the report reads. A table of extra/dvc.yaml reads folders of evaluations, so
+    DVC's own upstream of its stage is every evaluation of both dvc files: the plan takes the stage alone, after the
+    ones it reads, as it does every reader of a subset of rows."""
     if table not in cfg.tables:
         raise KeyError(f"table {table!r} is not in params tables or extra_tables; known: {', '.join(cfg.tables)}")
-    models = plan(pipeline, [stage for model in cfg.tables[table].rows for stage in model_stages(pipeline, paths, model)])
+    models = cfg.tables[table].rows if rows is None else rows
+    targets = [stage for model in models for stage in model_stages(pipeline, paths, model)]
     readers = [producer(pipeline, f"reports/{table}.md")]
     if table in cfg.default_tables:
         readers.append(producer(pipeline, "reports/seed_noise.md"))
-    return models + [stage for stage in readers if stage not in models]
+        if rows is None:
+            return plan(pipeline, [*targets, *readers])
+    order = plan(pipeline, targets)
+    return order + [stage for stage in readers if stage not in order]
