@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,10 @@ from pipeline.heads.sharded import ShardedMarginHead
 from pipeline.train import checkpoint, distributed
 from pipeline.train.distributed import DistContext
 from pipeline.train.compilation import effective_compile_mode
-from pipeline.train.engine import ModelBlewUp, TrainJob, TrainResult, resumable, train
+from pipeline.train.engine import MODEL_ONLY_META, ModelBlewUp, TrainJob, TrainResult, finished, resumable, train
+
+
+log = logging.getLogger("facerepro.train")
 
 
 def seed_dir(paths: Paths, name: str, seed: int) -> Path:
@@ -81,7 +85,7 @@ def seed_identity(paths: Paths, name: str, seed: int) -> dict | None:
 
 def identity_of(meta: dict) -> dict:
     """A model's training identity from its metadata (the engine stores it beside the name and divergence step)."""
-    return {k: v for k, v in meta.items() if k not in ("name", "diverged_at_step")}
+    return {k: v for k, v in meta.items() if k not in MODEL_ONLY_META}
 
 
 def file_digest(path: Path) -> str:
@@ -197,10 +201,17 @@ def start_tracker(cfg: Config, paths: Paths, recipe: Recipe, seed: int, identity
     )
 
 
-def train_recipe(cfg: Config, paths: Paths, name: str, seed: int, stop_after: int | None = None) -> TrainResult:
+def train_recipe(cfg: Config, paths: Paths, name: str, seed: int, stop_after: int | None = None) -> TrainResult | None:
+    """Train one seed of a recipe, resuming its checkpoint of this very identity; None, with nothing trained, tracked
+    or written, when the seed's final model of this identity is already there (a seed added to `seeds` trains alone)."""
     recipe = recipes(cfg)[name]
     out_dir = seed_dir(paths, name, seed)
     ctx, device = distributed.setup(resolve_device(cfg.train.device))
+    train_cfg = cfg.train.model_copy(update={"iterations": recipe.iterations, "warmup_iterations": recipe.warmup_iterations})
+    description = training_identity(cfg, paths, recipe, seed, train_cfg, device)
+    if finished(out_dir, description):
+        log.info("%s seed %d: already trained with this identity (%s), not trained again", name, seed, out_dir)
+        return None
     dataset = FaceDataset(
         paths.train_records(paths.aligned), indices=training_indices(cfg, paths, recipe), skip_corrupt=cfg.data.skip_corrupt
     )
@@ -216,8 +227,6 @@ def train_recipe(cfg: Config, paths: Paths, name: str, seed: int, stop_after: in
     teacher = None
     if recipe.teacher is not None:
         teacher, _ = load_backbone(cfg, paths, recipe.teacher, seed)
-    train_cfg = cfg.train.model_copy(update={"iterations": recipe.iterations, "warmup_iterations": recipe.warmup_iterations})
-    description = training_identity(cfg, paths, recipe, seed, train_cfg, device)
     job = TrainJob(
         name=name,
         backbone=backbone,

@@ -100,6 +100,29 @@ def resumable(out_dir: Path, description: dict[str, Any]) -> bool:
     return False
 
 
+MODEL_ONLY_META = ("name", "diverged_at_step")  # what model.pt's metadata holds beside the job's description
+
+
+def finished(out_dir: Path, description: dict[str, Any]) -> bool:
+    """True when `out_dir` holds the final model and record of this very job: training it again would write the same
+    bytes (training is deterministic), so it is not trained again. A model of another job, or one that cannot be read,
+    is retrained, with a log line saying why."""
+    model = out_dir / "model.pt"
+    if not (model.is_file() and (out_dir / "train.json").is_file()):
+        return False
+    try:
+        meta = checkpoint.load_weights(model)["meta"]
+    except ValueError as error:  # load_weights' message names the file and what the reader met
+        log.warning("%s: training starts over", error)
+        return False
+    saved = {k: v for k, v in meta.items() if k not in MODEL_ONLY_META}
+    if saved == description:
+        return True
+    changes = ", ".join(identity_changes(saved, description))
+    log.info("%s was trained by another job (%s): training starts over", model, changes)
+    return False
+
+
 _ABSENT = object()
 
 
