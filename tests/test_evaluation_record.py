@@ -128,3 +128,38 @@ def test_a_file_that_is_not_json_is_named(written):
     written.write_text('{"model": ')
     with pytest.raises(ValueError, match=rf"^{re.escape(str(written))} is not JSON \("):
         ModelEvaluation.load(written)
+
+
+# --- the reuse key (pipeline/evaluate/reuse.py) -------------------------------------------------------------------------
+
+
+def keyed(raw: dict) -> dict:
+    """`raw` with a reuse key and rows digest on seed 0 (and 10: they share one entry), as stage evaluate now writes
+    every entry."""
+    raw["seeds"]["0"]["key"] = {"weights": "a1", "settings": "b2", "protocols": {"synth-lfw": "c3"}, "code": "d4"}
+    raw["seeds"]["0"]["pairs_digest"] = "e5"
+    return raw
+
+
+def test_an_entry_with_its_reuse_key_saves_back_byte_for_byte(tmp_path):
+    write_json_atomic(tmp_path / "keyed.json", keyed(stage_output()))
+    evaluation = ModelEvaluation.load(tmp_path / "keyed.json")
+    key = evaluation.seeds[0].key
+    assert key is not None and key.protocols == {"synth-lfw": "c3"} and evaluation.seeds[0].pairs_digest == "e5"
+    assert evaluation.seeds[1].key is None and evaluation.seeds[1].pairs_digest is None  # written before keys
+    evaluation.save(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_bytes() == (tmp_path / "keyed.json").read_bytes()
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda raw: raw["seeds"]["0"]["key"].pop("code"), "field seeds.0.key.code is missing"),
+    (lambda raw: raw["seeds"]["0"]["key"]["protocols"].update({"synth-lfw": 3}),
+     "field seeds.0.key.protocols.synth-lfw is 3, not a string"),
+    (lambda raw: raw["seeds"]["0"].update(pairs_digest=None), "field seeds.0.pairs_digest is null, not a string"),
+])
+def test_a_bad_reuse_key_is_named(tmp_path, damage, named):
+    raw = keyed(stage_output())
+    damage(raw)
+    write_json_atomic(tmp_path / "bad.json", raw)
+    with pytest.raises(ValueError, match=re.escape(named)):
+        ModelEvaluation.load(tmp_path / "bad.json")

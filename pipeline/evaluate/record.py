@@ -71,11 +71,27 @@ class EvaluationTiming:
 
 
 @dataclass(frozen=True)
+class EvaluationKey:
+    """Everything that determines one seed's evaluation, as digests (pipeline.evaluate.reuse computes them): an entry
+    whose key equals the one its seed would be evaluated under now is taken as it is instead of evaluated again."""
+    weights: str  # the seed's model.pt
+    settings: str  # the parameters evaluate reads
+    protocols: dict[str, str]  # each protocol scored -> its files' digest
+    code: str  # stage evaluate's import closure
+
+    def to_json(self) -> dict[str, Any]:
+        return {"weights": self.weights, "settings": self.settings, "protocols": self.protocols, "code": self.code}
+
+
+@dataclass(frozen=True)
 class SeedEvaluation:
     diverged_at_step: int | None  # None: training finished
     train: dict[str, Any]  # the seed's train.json, copied as it is: its layout is pipeline.train.engine's
     benchmarks: dict[str, BenchmarkFigures]  # protocol -> its figures; empty when training diverged
     timing: EvaluationTiming | None  # None when nothing was scored, and in files written before it was recorded
+    # None in files written before it was recorded: such an entry is evaluated again, never reused
+    key: EvaluationKey | None = None
+    pairs_digest: str | None = None  # of the seed's rows of data/eval/<model>/pairs.parquet as written beside it
 
     def to_json(self) -> dict[str, Any]:
         entry = {"diverged_at_step": self.diverged_at_step, "train": self.train,
@@ -83,6 +99,10 @@ class SeedEvaluation:
         if self.timing is not None:
             entry["timing"] = {"seconds": self.timing.seconds, "images": self.timing.images,
                                "forward_passes": self.timing.forward_passes}
+        if self.key is not None:
+            entry["key"] = self.key.to_json()
+        if self.pairs_digest is not None:
+            entry["pairs_digest"] = self.pairs_digest
         return entry
 
 
@@ -138,7 +158,7 @@ def benchmark_figures(metrics: Mapping[str, Any], source: str) -> BenchmarkFigur
 
 
 def _seed(at: _Field, raw: Any) -> SeedEvaluation:
-    fields = at.fields(raw, ("diverged_at_step", "train", "benchmarks"), optional=("timing",))
+    fields = at.fields(raw, ("diverged_at_step", "train", "benchmarks"), optional=("timing", "key", "pairs_digest"))
     diverged, at_benchmarks = fields["diverged_at_step"], at.child("benchmarks")
     return SeedEvaluation(
         diverged_at_step=None if diverged is None else at.child("diverged_at_step").integer(diverged),
@@ -146,6 +166,19 @@ def _seed(at: _Field, raw: Any) -> SeedEvaluation:
         benchmarks={name: _benchmark(at_benchmarks.child(name), metrics)
                     for name, metrics in at_benchmarks.object(fields["benchmarks"]).items()},
         timing=_timing(at.child("timing"), fields["timing"]) if "timing" in fields else None,
+        key=_key(at.child("key"), fields["key"]) if "key" in fields else None,
+        pairs_digest=at.child("pairs_digest").text(fields["pairs_digest"]) if "pairs_digest" in fields else None,
+    )
+
+
+def _key(at: _Field, raw: Any) -> EvaluationKey:
+    fields = at.fields(raw, ("weights", "settings", "protocols", "code"))
+    at_protocols = at.child("protocols")
+    return EvaluationKey(
+        weights=at.child("weights").text(fields["weights"]), settings=at.child("settings").text(fields["settings"]),
+        protocols={name: at_protocols.child(name).text(digest)
+                   for name, digest in at_protocols.object(fields["protocols"]).items()},
+        code=at.child("code").text(fields["code"]),
     )
 
 
