@@ -50,7 +50,8 @@ from pipeline.experiment.runs import build_backbone, seed_dir
 from pipeline.train import checkpoint
 from stages import evaluate as evaluate_stage
 
-PROFILE = "cpu"  # 48 px crops, the profile whose models the demo serves by default
+PROFILE = "cpu"  # the profile whose models the demo serves by default
+CROP = config.load(config.PROJECT_ROOT / "params.yaml", PROFILE).align.crop_size
 PROTOCOL = "synth-lfw"
 CANVAS = 128
 
@@ -142,7 +143,7 @@ def test_same_photo_gives_similarity_one_and_same(verifier):
     result = with_detector(verifier, landmarks).verify(png(pixels), "photo A", png(pixels), "photo B")
     assert result.similarity == pytest.approx(1.0, abs=1e-5)
     assert result.threshold == verifier.threshold.value < 1.0 and result.same
-    assert all(face.crop.shape == (48, 48, 3) for face in result.faces)
+    assert all(face.crop.shape == (CROP, CROP, 3) for face in result.faces)
 
 
 def test_rgba_and_grey_photos_are_decoded_to_rgb(verifier):
@@ -152,7 +153,7 @@ def test_rgba_and_grey_photos_are_decoded_to_rgb(verifier):
     assert rgba.similarity == pytest.approx(1.0, abs=1e-5)  # alpha dropped: the same pixels
     grey = judge.verify(png(pixels), "photo A", png(pixels, "L"), "photo B")
     crop = grey.faces[1].crop
-    assert crop.shape == (48, 48, 3) and np.array_equal(crop[..., 0], crop[..., 2])
+    assert crop.shape == (CROP, CROP, 3) and np.array_equal(crop[..., 0], crop[..., 2])
     assert grey.similarity < 1.0 - 1e-4  # a grey photo is not the colour one
 
 
@@ -224,7 +225,7 @@ def test_missing_model_or_evaluation_names_the_path_and_the_command(demo_root, t
     weights = next((demo_root / "data" / "models").glob("*/seed0/model.pt"))
     with pytest.raises(FileNotFoundError, match=r"eval/.*\.json does not exist.*dvc repro evaluate@"):
         build_verifier(cfg, Paths(tmp_path), weights, None)
-    with pytest.raises(DemoError, match="trained on 48 px crops but profile 'smoke' aligns to 32 px"):
+    with pytest.raises(DemoError, match=f"trained on {CROP} px crops but profile 'smoke' aligns to 32 px"):
         load_model(config.load(demo_root / "params.yaml", "smoke"), Paths(demo_root), weights)
 
 
