@@ -1,8 +1,8 @@
-"""One `dvc repro` of the smoke profile for the whole session, which the end-to-end modules copy (a second or two)
-instead of reproducing it each (minutes each: docs/testing.md)."""
+"""One smoke reproduction of every table for the whole session, which the end-to-end modules copy (a second or two)
+instead of reproducing it each (minutes each: docs/testing.md): `dvc repro` (the default run, Table 3) and then
+`dvc repro extra/dvc.yaml` (the other tables)."""
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 import sys
@@ -12,30 +12,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_resume_pipeline import copy_project, keep_rows, run
+from tests.test_resume_pipeline import copy_project, git_repository, keep_rows, project_env, run, write_params
 
-# Every stage and every table, with one row of each kind: from scratch and the FaceX-Zoo baseline, evaluated on the
-# held-out protocols (cosface); after N-Softmax, with a weight-decay override (arcface_m050_ns, wd5e4: Table 2);
-# without cleaning; a FaceX-Zoo head with a learnt scale (facex_adacos); and the distillation's student
-# (li_arcface_m040, which keep_rows keeps). Every head trains in tests/test_heads.py, and validate builds every row
-# of params.yaml (tests/test_validate.py), so the other rows would add minutes and prove nothing new here.
+# Every stage of both dvc files and every table, with one row of each kind. Table 3's (dvc.yaml): from scratch and
+# the FaceX-Zoo baseline, evaluated on the held-out protocols (cosface); after N-Softmax (arcface_m050_ns); the
+# distillation's student (li_arcface_m040, which keep_rows keeps). The other tables' (extra/dvc.yaml): a weight-decay
+# override (wd5e4: Table 2); without cleaning; a FaceX-Zoo head with a learnt scale (facex_adacos). Every head trains
+# in tests/test_heads.py, and validate builds every row of params.yaml (tests/test_validate.py), so the other rows
+# would add minutes and prove nothing new here.
 SMOKE_ROWS = {"cosface", "arcface_m050_ns", "wd5e4", "li_arcface_m040_uncleaned", "facex_adacos"}
-
-
-def project_env(root: Path) -> dict[str, str]:
-    """The environment the stages run in: this interpreter's tools first, the copy importable, MLflow's default
-    store (the copy's own mlflow.db)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(root)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
 
 
 @dataclass(frozen=True)
 class ReproducedProject:
-    """A git-initialised copy of the project (profile smoke, rows SMOKE_ROWS) on which `dvc repro` ran."""
+    """A git-initialised copy of the project (profile smoke, rows SMOKE_ROWS) on which `dvc repro` and then
+    `dvc repro extra/dvc.yaml` ran."""
 
     root: Path
-    output: str  # what that `dvc repro` printed
+    output: str  # what `dvc repro` printed
+    extra_output: str  # what `dvc repro extra/dvc.yaml` printed after it
 
     @property
     def env(self) -> dict[str, str]:
@@ -45,7 +40,7 @@ class ReproducedProject:
         return yaml.safe_load((self.root / "params.yaml").read_text())
 
     def copy(self, dest: Path) -> ReproducedProject:
-        """A copy at `dest` (an empty folder) with everything the run wrote: outputs, DVC cache and lock, git,
+        """A copy at `dest` (an empty folder) with everything the runs wrote: outputs, DVC cache and locks, git,
         MLflow store. MLflow keeps absolute artifact paths, which are pointed at the copy's own mlruns/."""
         shutil.copytree(self.root, dest, symlinks=True, dirs_exist_ok=True)
         old, new = (self.root / "mlruns").as_posix(), (dest / "mlruns").as_posix()
@@ -54,20 +49,20 @@ class ReproducedProject:
             db.execute("update experiments set artifact_location = replace(artifact_location, ?, ?)", (old, new))
             db.execute("update runs set artifact_uri = replace(artifact_uri, ?, ?)", (old, new))
         db.close()
-        return ReproducedProject(dest, self.output)
+        return ReproducedProject(dest, self.output, self.extra_output)
 
 
 @pytest.fixture(scope="session")
 def smoke_repro(tmp_path_factory: pytest.TempPathFactory) -> ReproducedProject:
-    """`dvc repro` of the smoke profile on SMOKE_ROWS, once: use `.copy()`, never this project itself."""
+    """`dvc repro` and `dvc repro extra/dvc.yaml` of the smoke profile on SMOKE_ROWS, once: use `.copy()`, never
+    this project itself."""
     root = tmp_path_factory.mktemp("smoke-repro")
     copy_project(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["profile"] = "smoke"
     keep_rows(params, SMOKE_ROWS)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(root, params)
+    git_repository(root)
     env = project_env(root)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        run(cmd, root, env)
-    return ReproducedProject(root, run([sys.executable, "-m", "dvc", "repro"], root, env))
+    default = run([sys.executable, "-m", "dvc", "repro"], root, env)
+    return ReproducedProject(root, default, run([sys.executable, "-m", "dvc", "repro", "extra/dvc.yaml"], root, env))

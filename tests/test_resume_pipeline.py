@@ -1,10 +1,14 @@
-"""The pipeline under failure, on copies of the session's `dvc repro` of the smoke profile (tests/conftest.py):
+"""The pipeline under failure, on copies of the session's smoke repro (tests/conftest.py):
 
 - a row forced to diverge (weight decay 1e30), added to Table 3, ends with `diverged_at_step` in its metrics, MLflow
-  and the report, and `dvc repro` completes every stage after it;
+  and the report, and `dvc repro` completes every stage of the default run after it;
 - `dvc repro` of a row SIGKILLed after a checkpoint was written resumes from that checkpoint and ends with weights
   bitwise equal to the uninterrupted run's;
-- `torchrun --nproc_per_node=2 -m stages.train` trains a row with the class centres sharded over 2 gloo processes.
+- `torchrun --nproc_per_node=2 -m stages.train` trains a row (of extra/dvc.yaml: Table 2's wd5e4) with the class
+  centres sharded over 2 gloo processes.
+
+Its helpers (copy_project, keep_rows, write_params, ...) make the copies that the other end-to-end files and
+bench/cost_pilot.py work on.
 """
 import json
 import math
@@ -30,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 DIVERGING = "li_arcface_m050"  # a row of params.yaml that the smoke repro leaves out
 KILLED = "cosface"
-SHARDED = "wd5e4"
+SHARDED = "wd5e4"  # an extra row: extra/dvc.yaml:train@wd5e4 where a dvc command names it
 ITERATIONS = 40  # of the killed row: long enough that a kill after the first checkpoint lands before the end
 CHECKPOINT_EVERY = 5
 
@@ -39,6 +43,21 @@ def run(cmd: list[str], cwd: Path, env: dict) -> str:
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result.stdout + result.stderr
+
+
+def project_env(root: Path) -> dict[str, str]:
+    """The environment the stages of a copy at `root` run in: this interpreter's tools first, the copy importable,
+    MLflow's default store (the copy's own mlflow.db)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(root)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def git_repository(root: Path) -> None:
+    """`root` as a git repository with everything in it committed (DVC needs one)."""
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        run(cmd, root, project_env(root))
 
 
 def copy_project(root: Path) -> None:
@@ -86,13 +105,13 @@ def write_params(root: Path, params: dict) -> None:
 @pytest.fixture(scope="module")
 def project(smoke_repro, tmp_path_factory):
     """A copy of the smoke repro with DIVERGING added to Table 3 (as params.yaml has it, its weight decay 1e30: the
-    first SGD step blows the weights up), and the `dvc repro` that trains it."""
+    first SGD step blows the weights up), and the `dvc repro` that trains it (the default run: dvc.yaml)."""
     reproduced = smoke_repro.copy(tmp_path_factory.mktemp("facerepro-failures"))
     root, env, params = reproduced.root, reproduced.env, reproduced.params()
     committed = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     params["rows"][DIVERGING] = {**committed["rows"][DIVERGING], "weight_decay": 1.0e30}
     params["tables"]["table3"]["rows"][DIVERGING] = committed["tables"]["table3"]["rows"][DIVERGING]
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(root, params)  # dvc.yaml's table and report stages now list its evaluation
     output = run([sys.executable, "-m", "dvc", "repro"], root, env)
     return root, env, params, output
 
@@ -134,13 +153,13 @@ def test_divergence_is_recorded_and_the_other_rows_complete(project):
         assert sorted(logged("diverged_at_step")) == sorted((float(r["diverged_at_step"]),) for r in records)
         losses = sorted(value for (value,) in logged("final_loss"))
         assert losses == pytest.approx(sorted(r["last_finite"]["loss"] for r in records))
-    for row in params["rows"]:
+    for row in [*params["rows"], *params["extra_rows"]]:  # the session's repro trained the extra rows
         if row != DIVERGING:
             other = train_record(root, row)
             assert other["diverged_at_step"] is None and other["steps"] == iterations, row
             assert (root / "reports" / "metrics" / "eval" / f"{row}.json").is_file(), row
-    status = run([sys.executable, "-m", "dvc", "status"], root, env)
-    assert "changed" not in status, status  # dvc repro completed every stage, the diverged row's included
+    status = run([sys.executable, "-m", "dvc", "status", "dvc.yaml"], root, env)
+    assert "changed" not in status, status  # dvc repro completed every stage of dvc.yaml, the diverged row's included
 
 
 def test_repro_after_sigkill_resumes_bitwise(smoke_repro, tmp_path):
@@ -152,7 +171,7 @@ def test_repro_after_sigkill_resumes_bitwise(smoke_repro, tmp_path):
     params["profiles"]["smoke"]["train"].update(
         iterations=ITERATIONS, checkpoint_every=CHECKPOINT_EVERY, curve_every=ITERATIONS // 2
     )
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(root, params)
     train = [sys.executable, "-m", "dvc", "repro", "--single-item", f"train@{KILLED}"]
     run(train, root, env)  # the uninterrupted run
     run_dir = root / "data" / "models" / KILLED / "seed0"
