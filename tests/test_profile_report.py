@@ -53,6 +53,22 @@ def test_collect_writes_the_summary_and_copies_the_tables(work, tmp_path):
     assert json.loads((out / "summary.json").read_text())["detection"] == summary["detection"]
 
 
+def test_the_tables_of_earlier_calls_and_those_no_call_built_are_named(work, tmp_path):
+    (work / "reports" / "facex_heads.md").write_text("| Head |\n")
+    (work / "reports" / "extra").mkdir()
+    (work / "reports" / "extra" / "seed_noise.md").write_text("# Seed noise\n")  # the other tables' report
+    run = {**RUN, "arguments": "table@facex_heads data.lfw_min_images=8", "targets": ["table@facex_heads"]}
+    summary = collect(work, tmp_path / "out", "lfw", run)
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "`bash scripts/reproduce-profile lfw table@facex_heads data.lfw_min_images=8` at commit `abc1234` built " \
+           "facex_heads," in table
+    assert "`facex_heads` (this call); `table3`, `cleaning` (from an earlier call in the clone, not checked by this one)" in table
+    assert "Not built in this clone: `table2`, `distill`: `bash scripts/reproduce-profile lfw table@NAME " \
+           "data.lfw_min_images=8` builds one, `--all` every table." in table
+    assert summary["tables"] == {"built": ["facex_heads"], "earlier": ["table3", "cleaning"], "missing": ["table2", "distill"]}
+    assert (tmp_path / "out" / "facex_heads.md").is_file() and (tmp_path / "out" / "extra" / "seed_noise.md").is_file()
+
+
 def test_a_folders_run_names_its_trained_and_held_out_persons(work, tmp_path):
     write_json_atomic(work / "reports" / "data.json", {
         "source": "folders", "root": "/photos", "images": 12, "labels": {"Ann": 0, "Bob": 1, "Cy": 2},

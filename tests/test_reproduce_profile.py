@@ -1,7 +1,9 @@
-"""`scripts/reproduce-profile` keeps the profile's own dvc.lock across calls (issue 17), on a smoke-sized folders
-profile in a temporary copy of the project: a first call SIGKILLed during a row's training, then a call that
-resumes that training and runs only the stages not yet done, a call with nothing changed that runs no stage, and a
-call after one row's margin changed that reruns that row, its evaluation and the report only. The photo root is
+"""`scripts/reproduce-profile` keeps the profile's own lock files across calls (issue 17), on a smoke-sized folders
+profile in a temporary copy of the project: an unknown table refused before any clone is made; a first call (the
+default run, Table 3) SIGKILLed during a row's training, then a call that resumes that training and runs only the
+stages not yet done, a call with nothing changed that runs no stage, a call with `table@cleaning` that builds that
+table of extra/dvc.yaml alone, and a call after one row's margin changed that reruns that row, its evaluation, Table
+3 and the report only and leaves the profile's extra/dvc.lock as its table@cleaning call wrote it. The photo root is
 given relative to the project root (`../photos`), as the lfw profile's is, and must resolve from the clone too."""
 import os
 import re
@@ -18,21 +20,26 @@ from PIL import Image
 
 from pipeline.core import config
 from pipeline.train import checkpoint
-from tests.test_resume_pipeline import copy_project, keep_rows
+from tests.test_resume_pipeline import copy_project, keep_rows, write_params
 
 pytestmark = pytest.mark.slow
 
 PROFILE = "folders"
 OVERRIDES = ["data.folders_pairs_per_fold=1"]  # a command-line override, given again on every call as a user would
 CHANGED_ROW = "cosface"
+EXTRA = "extra/dvc.yaml"
+EXTRA_TABLE = "cleaning"  # a table of extra/dvc.yaml: its row without cleaning is trained only when it is asked for
+UNCLEANED = "li_arcface_m040_uncleaned"
+# main's committed extra/dvc.lock, which says nothing about this profile (the cpu profile's would list its stages)
+STAND_IN_LOCK = "schema: '2.0'\nstages: {}\n"
 
 
 def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-def reproduce(project: Path, env: dict, call: int) -> str:
-    result = subprocess.run(["bash", "scripts/reproduce-profile", PROFILE, *OVERRIDES], cwd=project, env=env,
+def reproduce(project: Path, env: dict, call: int, *targets: str) -> str:
+    result = subprocess.run(["bash", "scripts/reproduce-profile", PROFILE, *targets, *OVERRIDES], cwd=project, env=env,
                             capture_output=True, text=True)
     (project.parent / f"call{call}.log").write_text(result.stdout + result.stderr)  # the whole output, to read
     assert result.returncode == 0, f"reproduce-profile failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
@@ -65,9 +72,11 @@ def test_reproduce_profile_reruns_only_what_changed_and_resumes(tmp_path):
     folders["align"]["detector"] = "none"  # no faces to detect in these photos: each is resized whole
     folders["data"]["folders_root"] = "../photos"  # from the project root; the clone lies 3 folders deeper
     params["profiles"][PROFILE] = folders
-    keep_rows(params, {CHANGED_ROW, "li_arcface_m040"})  # a row to change and the distillation's student
-    params["tables"] = {"table3": params["tables"]["table3"]}  # the other tables would only add stages to each call
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    keep_rows(params, {CHANGED_ROW, "li_arcface_m040", UNCLEANED})  # a row to change, the student, a row of cleaning
+    # the extra table the test builds; facex_heads (cosface) would add held-out protocols to each evaluation of cosface
+    params["extra_tables"] = {EXTRA_TABLE: params["extra_tables"][EXTRA_TABLE]}
+    write_params(project, params)
+    (project / "extra" / "dvc.lock").write_text(STAND_IN_LOCK)
     (project / "scripts" / "setup").write_text("#!/usr/bin/env bash\n")  # the test's interpreter is installed
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     commit(project, "copy")
@@ -76,6 +85,13 @@ def test_reproduce_profile_reruns_only_what_changed_and_resumes(tmp_path):
     env.pop("PYTHONPATH", None)
     clone = project / "data" / "profiles" / PROFILE
     models = clone / "data" / "models"
+    table_md = project / "reports" / PROFILE / "table.md"
+
+    # 0. a table that params does not have: refused by name before a clone is made
+    refused = subprocess.run(["bash", "scripts/reproduce-profile", PROFILE, "table@nope", *OVERRIDES], cwd=project,
+                             env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and "table@nope: no such table" in refused.stderr, refused.stderr
+    assert not clone.exists()
 
     # 1. the first call, SIGKILLed (with dvc and the stage) once a row's training has written its first checkpoint
     process = subprocess.Popen(["bash", "scripts/reproduce-profile", PROFILE, *OVERRIDES], cwd=project, env=env,
@@ -103,7 +119,8 @@ def test_reproduce_profile_reruns_only_what_changed_and_resumes(tmp_path):
     assert not stages_run(second) & {"synthesize", "align", "clean", "pretrain"}, second
     assert {f"train@{row}", "table@table3", "report"} <= stages_run(second), second
     assert f"{row}: resumed from step {killed_at} of {smoke['train']['iterations']}" in second, second
-    assert (project / "reports" / PROFILE / "table.md").is_file()
+    assert not {stage for stage in stages_run(second) if stage.startswith(f"{EXTRA}:")}, second  # Table 3 alone
+    assert f"Not built in this clone: `{EXTRA_TABLE}`" in table_md.read_text()
 
     # 3. nothing changed: no stage runs, the lock and every model file stay as they were
     lock = (clone / "dvc.lock").read_bytes()
@@ -112,15 +129,25 @@ def test_reproduce_profile_reruns_only_what_changed_and_resumes(tmp_path):
     assert stages_run(third) == set(), third
     assert (clone / "dvc.lock").read_bytes() == lock
     assert {path: path.stat().st_mtime_ns for path in models.rglob("model.pt")} == mtimes
-    assert "ran no stage" in (project / "reports" / PROFILE / "table.md").read_text()
+    assert "ran no stage" in table_md.read_text()
 
-    # 4. one row's margin changed in a new commit: that row, its evaluation and the report only
+    # 4. the extra table on request: its own row trained and evaluated, then its table stage; nothing of Table 3
+    fourth = reproduce(project, env, 4, f"table@{EXTRA_TABLE}")
+    assert stages_run(fourth) == {f"{EXTRA}:train@{UNCLEANED}", f"{EXTRA}:evaluate@{UNCLEANED}",
+                                  f"{EXTRA}:table@{EXTRA_TABLE}"}, fourth
+    assert (project / "reports" / PROFILE / f"{EXTRA_TABLE}.md").is_file()
+    assert f"`{EXTRA_TABLE}` (this call); `table3` (from an earlier call" in table_md.read_text()
+    extra_lock = (clone / "extra" / "dvc.lock").read_bytes()
+
+    # 5. one row's margin changed in a new commit: that row, its evaluation, Table 3 and the report only
     params["rows"][CHANGED_ROW]["margins"]["m"] = 0.3
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_params(project, params)
     commit(project, "cosface m=0.3")
-    fourth = reproduce(project, env, 4)
+    fifth = reproduce(project, env, 5)
     # validate checks the changed params.yaml (a second, writing the same marker), then the row, its evaluation, the report
-    tables = {f"table@{table}" for table in params["tables"]}  # each reads every evaluation (a few seconds)
-    assert stages_run(fourth) == {"validate", f"train@{CHANGED_ROW}", f"evaluate@{CHANGED_ROW}", *tables, "report"}, fourth
+    tables = {f"table@{table}" for table in params["tables"]}
+    assert stages_run(fifth) == {"validate", f"train@{CHANGED_ROW}", f"evaluate@{CHANGED_ROW}", *tables, "report"}, fifth
+    assert (clone / "extra" / "dvc.lock").read_bytes() == extra_lock  # the profile's own, not main's stand-in
+    assert f"`table3` (this call); `{EXTRA_TABLE}` (from an earlier call" in table_md.read_text()
     clone_params = yaml.safe_load((clone / "params.yaml").read_text())
     assert (clone / clone_params["profiles"][PROFILE]["data"]["folders_root"]).resolve() == (tmp_path / "photos").resolve()

@@ -1,8 +1,10 @@
 """Collect one profile's run (a clone made by scripts/reproduce-profile) into reports/<profile>/ with a summary.
 
-`table.md` states how the run was made (command, commit, wall time, load), what was trained on and which pair
-protocols it was scored on and why (data.json), the face-detection rate per part (align.json), and every
-model's 10-fold accuracy (reports/metrics/eval/*.json). The run's own tables are copied beside it.
+`table.md` states how the run was made (command, commit, wall time, load), which tables this call built, which an
+earlier call in the clone built and which none has yet (and the command that builds them), what was trained on and
+which pair protocols it was scored on and why (data.json), the face-detection rate per part (align.json), and every
+model's 10-fold accuracy (reports/metrics/eval/*.json). The run's own tables and seed-noise reports (reports/ for the
+default run, reports/extra/ for the other tables) are copied beside it.
 """
 from __future__ import annotations
 
@@ -11,15 +13,19 @@ import json
 import math
 import os
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.core import config
 from pipeline.core.atomic_io import atomic_path, write_json_atomic
+from pipeline.core.config import Config
 from pipeline.evaluate.record import ModelEvaluation, PairFigures
 
-# the run's outputs copied as they are (those that exist), besides each table of its params (copied_tables)
-COPIED = ("data.json", "align.json", "cleaning.json", "seed_noise.md", "figures/curves.png")
+# the run's outputs copied as they are (those that exist), besides each table of its params (TABLE_FILES)
+COPIED = ("data.json", "align.json", "cleaning.json", "seed_noise.md", "figures/curves.png",
+          "extra/seed_noise.md", "extra/figures/curves.png")
+TABLE_FILES = (".md", ".csv", "_tests.csv")  # a table's files: reports/<table><suffix>
 NO_FACE_LISTED = 20  # no-face photo names shown per part in table.md (align.json lists up to 1,000)
 
 
@@ -63,19 +69,20 @@ def _pct(value: float | None) -> str:
     return "" if value is None or math.isnan(value) else f"{100 * value:.2f}"  # NaN: no threshold reaches that FAR
 
 
-def markdown(profile: str, run: dict[str, Any], data: dict[str, Any], detection: list[dict[str, Any]],
-             accuracy: list[dict[str, Any]]) -> str:
-    what = "of the whole pipeline"
+def markdown(profile: str, run: dict[str, Any], tables: TableStates, data: dict[str, Any],
+             detection: list[dict[str, Any]], accuracy: list[dict[str, Any]]) -> str:
+    what = f"built {', '.join(tables.built)}"
     if "stages_run" in run:  # a later call in the same clone reruns only what changed: say so, or its time misleads
         ran = run["stages_run"]
-        what = ("ran no stage (every stage was up to date)" if not ran else
-                f"ran {len(ran)} stage(s)" + (f": {', '.join(ran)}" if len(ran) <= 10 else ""))
+        what += (": ran no stage (every stage was up to date)" if not ran else
+                 f": ran {len(ran)} stage(s)" + (f" ({', '.join(ran)})" if len(ran) <= 10 else ""))
+    arguments = run.get("arguments", "")
     lines = [
         f"# The `{profile}` profile", "",
-        f"`bash scripts/reproduce-profile {' '.join([profile, run.get('overrides', '')]).strip()}` at commit `{run['commit']}`: `dvc repro` {what} in "
-        f"a clone, {run['seconds']:,} s ({run['seconds'] / 60:.1f} min) wall time on {run['cpus']} CPU(s); load "
-        f"average (1/5/15 min) {run['load_before']} before, {run['load_after']} after. The run's own tables are "
-        "beside this file (table3.md has the paired tests).", "",
+        f"`bash scripts/reproduce-profile {' '.join([profile, arguments]).strip()}` at commit `{run['commit']}` {what}, "
+        f"in a clone, {run['seconds']:,} s ({run['seconds'] / 60:.1f} min) wall time on {run['cpus']} CPU(s); load "
+        f"average (1/5/15 min) {run['load_before']} before, {run['load_after']} after.", "",
+        tables_line(profile, arguments, tables), "",
         "## Trained on, scored on", "",
     ]
     if "train" in data and "persons" in data.get("train", {}):
@@ -119,10 +126,47 @@ def markdown(profile: str, run: dict[str, Any], data: dict[str, Any], detection:
     return "\n".join(lines) + "\n"
 
 
-def copied_tables(work: Path, profile: str) -> list[str]:
-    """Each table of the run's own params (`tables`): its Markdown, its CSV and its tests."""
-    tables = config.load(work / "params.yaml", profile).tables
-    return [f"{table}{suffix}" for table in tables for suffix in (".md", ".csv", "_tests.csv")]
+@dataclass(frozen=True)
+class TableStates:
+    """The profile's tables (params tables and extra_tables, in params order) by where they stand in the clone."""
+
+    built: list[str]  # brought up to date by this call
+    earlier: list[str]  # written by an earlier call in the clone, not checked by this one
+    missing: list[str]  # built by no call yet
+
+
+def built_tables(cfg: Config, targets: list[str]) -> list[str]:
+    """The tables a call with these targets builds (pipeline.orchestration.reproduce): none given, the default run's;
+    `--all`, every table; else those of its `table@NAME`."""
+    if not targets:
+        return list(cfg.default_tables)
+    if "--all" in targets:
+        return list(cfg.tables)
+    return [target.removeprefix("table@") for target in targets]
+
+
+def table_states(work: Path, cfg: Config, targets: list[str]) -> TableStates:
+    built = built_tables(cfg, targets)
+    present = [t for t in cfg.tables if any((work / "reports" / f"{t}{suffix}").is_file() for suffix in TABLE_FILES)]
+    return TableStates(built=[t for t in cfg.tables if t in built],
+                       earlier=[t for t in present if t not in built],
+                       missing=[t for t in cfg.tables if t not in built and t not in present])
+
+
+def tables_line(profile: str, arguments: str, tables: TableStates) -> str:
+    """Which tables are beside table.md and how fresh, and the command that builds those no call has built."""
+    def names(tables: list[str]) -> str:
+        return ", ".join(f"`{t}`" for t in tables)
+
+    line = f"Beside this file, each with its paired tests: {names(tables.built)} (this call)"
+    if tables.earlier:
+        line += f"; {names(tables.earlier)} (from an earlier call in the clone, not checked by this one)"
+    line += "."
+    if tables.missing:
+        overrides = " ".join(a for a in arguments.split() if a != "--all" and not a.startswith("table@"))
+        again = " ".join(filter(None, ["bash scripts/reproduce-profile", profile, "table@NAME", overrides]))
+        line += f" Not built in this clone: {names(tables.missing)}: `{again}` builds one, `--all` every table."
+    return line
 
 
 def collect(work: Path, out: Path, profile: str, run: dict[str, Any]) -> dict[str, Any]:
@@ -130,17 +174,19 @@ def collect(work: Path, out: Path, profile: str, run: dict[str, Any]) -> dict[st
     reports = work / "reports"
     data, align = _read_json(reports / "data.json"), _read_json(reports / "align.json")
     detection, accuracy = detection_rows(align), accuracy_rows(reports / "metrics" / "eval")
-    summary = {"profile": profile, "run": run, "detection": detection, "accuracy": accuracy,
+    tables = table_states(work, config.load(work / "params.yaml", profile), run.get("targets", []))
+    summary = {"profile": profile, "run": run, "tables": asdict(tables), "detection": detection, "accuracy": accuracy,
                "evaluated_on": data.get("evaluated_on"), "not_evaluated": data.get("not_evaluated")}
+    copied = [f"{table}{suffix}" for table in [*tables.built, *tables.earlier] for suffix in TABLE_FILES]
     with atomic_path(out) as staged:
         staged.mkdir(parents=True)
-        for name in [*COPIED, *copied_tables(work, profile)]:
+        for name in [*COPIED, *copied]:
             if (reports / name).is_file():
                 (staged / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(reports / name, staged / name)
         shutil.copytree(reports / "metrics" / "eval", staged / "eval")
         write_json_atomic(staged / "summary.json", summary)
-        (staged / "table.md").write_text(markdown(profile, run, data, detection, accuracy))
+        (staged / "table.md").write_text(markdown(profile, run, tables, data, detection, accuracy))
     return summary
 
 
@@ -149,15 +195,17 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="the profile's clone (data/profiles/<profile>)")
     parser.add_argument("--out", type=Path, required=True, help="e.g. reports/lfw")
     parser.add_argument("--profile", required=True)
-    parser.add_argument("--seconds", type=int, required=True, help="wall time of `dvc repro`")
+    parser.add_argument("--seconds", type=int, required=True, help="wall time of the build")
     parser.add_argument("--load-before", required=True)
     parser.add_argument("--load-after", required=True)
     parser.add_argument("--commit", required=True)
-    parser.add_argument("--overrides", default="", help="the KEY=VALUE arguments the run was given")
-    parser.add_argument("--stages-run", default=None, help="the stages `dvc repro` ran, space-separated")
+    parser.add_argument("--arguments", default="", help="the call's arguments after the profile, as given")
+    parser.add_argument("--targets", default="", help="what the call built: --all, or table@NAME ..., or nothing "
+                                                      "(the default run); space-separated")
+    parser.add_argument("--stages-run", default=None, help="the stages the build ran, space-separated")
     args = parser.parse_args()
-    run = {"commit": args.commit, "overrides": args.overrides, "seconds": args.seconds, "cpus": os.cpu_count(),
-           "load_before": args.load_before, "load_after": args.load_after}
+    run = {"commit": args.commit, "arguments": args.arguments, "targets": args.targets.split(), "seconds": args.seconds,
+           "cpus": os.cpu_count(), "load_before": args.load_before, "load_after": args.load_after}
     if args.stages_run is not None:
         run["stages_run"] = args.stages_run.split()
     collect(args.work, args.out, args.profile, run)
