@@ -177,7 +177,9 @@ def test_repro_after_sigkill_resumes_bitwise(smoke_repro, tmp_path):
     run_dir = root / "data" / "models" / KILLED / "seed0"
     uninterrupted = tensors(run_dir / "model.pt")
     ckpt = run_dir / "checkpoint.pt"
-    # train the row again (forced) and SIGKILL dvc and the stage as soon as its first checkpoint is on disk
+    # train the row again (forced, its final weights gone: a finished seed of the same identity is not trained again)
+    # and SIGKILL dvc and the stage as soon as its first checkpoint is on disk
+    (run_dir / "model.pt").unlink()
     process = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro", "-f", "--single-item", f"train@{KILLED}"],
         cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
