@@ -27,15 +27,19 @@ MLFLOW_UI = "http://127.0.0.1:5000"
 SCOPES = ("default", "extra")
 
 
+def _folder(scope: str) -> str:
+    """A scope's report folder, project-relative: reports for the default run, reports/extra for the other tables."""
+    return "reports" if scope == "default" else "reports/extra"
+
+
 def output_dir(paths: Paths, scope: str) -> Path:
-    """Where a scope's report goes: reports/ for the default run, reports/extra/ for the other tables."""
-    return paths.reports if scope == "default" else paths.reports / "extra"
+    """Where a scope's report goes."""
+    return paths.root / _folder(scope)
 
 
 def outputs(scope: str) -> list[str]:
     """The files this stage writes for `scope`, project-relative (and the curves' CSVs, declared as plots)."""
-    folder = "reports" if scope == "default" else "reports/extra"
-    return [f"{folder}/seed_noise.md", f"{folder}/figures/curves.png"]
+    return [f"{_folder(scope)}/seed_noise.md", f"{_folder(scope)}/figures/curves.png"]
 
 
 def scope_tables(cfg: Config, scope: str) -> list[str]:

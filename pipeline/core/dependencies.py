@@ -16,6 +16,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
+from pipeline.core import config
 from pipeline.core.atomic_io import write_text_atomic
 from pipeline.core.config import PROJECT_ROOT
 
@@ -168,8 +171,6 @@ def generated_dvc_yaml(text: str, root: Path = PROJECT_ROOT, default_models: Seq
 def stale_evaluation_inputs(root: Path, default_models: Sequence[str]) -> list[str]:
     """The stages of `root`/dvc.yaml whose evaluation inputs are not `default_models`' (params.yaml changed the
     default run's rows and the generator has not been run since)."""
-    import yaml
-
     stages = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     stale = []
     for name, stage in stages.items():
@@ -186,8 +187,6 @@ def stale_evaluation_inputs(root: Path, default_models: Sequence[str]) -> list[s
 def generated_dvc_files(root: Path = PROJECT_ROOT) -> dict[str, tuple[str, str]]:
     """Each dvc file of the project -> (its text, the text the generator writes): code dependencies everywhere,
     the default run's evaluation inputs from params.yaml in dvc.yaml."""
-    from pipeline.core import config  # params.yaml is read only here: the closure walk needs no parameters
-
     default_models = config.load(root / "params.yaml").default_models()
     files = {}
     for name in DVC_FILES:
