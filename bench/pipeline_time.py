@@ -136,16 +136,7 @@ def run_profile(root: Path, profile: str, targets: list[str]) -> tuple[list[dict
     env.pop("MLFLOW_TRACKING_URI", None)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
-    lines: list[tuple[float, str]] = []
-    start = time.monotonic()
-    with subprocess.Popen([sys.executable, "-m", "dvc", "repro", *targets], cwd=root, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
-        for line in process.stdout:
-            lines.append((time.monotonic() - start, line.rstrip()))
-            print(line, end="", flush=True)
-    if process.returncode != 0:
-        raise RuntimeError(f"dvc repro failed ({process.returncode}):\n" + "\n".join(l for _, l in lines[-30:]))
-    total = time.monotonic() - start
+    lines, total = timed_lines([sys.executable, "-m", "dvc", "repro", *targets], root, env)
     no_op = _timed(lambda: subprocess.run([sys.executable, "-m", "dvc", "repro", *targets], cwd=root, env=env,
                                           check=True, capture_output=True))
     return stage_times(lines, total), total, no_op
