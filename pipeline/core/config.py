@@ -162,6 +162,31 @@ class DistillConfig(Section):
     teacher_warmup_iterations: int = Field(ge=0)
     student_row: str  # the plain student this is compared with (same head and margins)
     weight: float = Field(ge=0)  # feature distillation weight beside the margin loss
+    # a key of reference.models: the student is also distilled from that pretrained model's cached descriptors
+    reference_teacher: str | None = None
+
+
+class ReferenceModelConfig(Section):
+    label: str  # its name in the reports
+    kind: Literal["dlib_resnet"]  # which of pipeline.reference's models
+    published: dict[str, float] = Field(default_factory=dict)  # protocol -> its authors' accuracy there, %
+    published_source: str | None = None  # where that figure comes from, in words
+
+    @model_validator(mode="after")
+    def _source_given(self) -> ReferenceModelConfig:
+        if self.published and not self.published_source:
+            raise ValueError("published needs published_source: say where the figure comes from")
+        return self
+
+
+class ReferenceConfig(Section):
+    """Pretrained reference models (pipeline.reference) that stage `reference` scores on the real-photo protocols,
+    each with its own detector, landmarks and crop from the original photos."""
+    models: dict[str, ReferenceModelConfig]
+    face_selection: Literal["largest", "central"]  # which detected face where a photo shows several
+    upsample: int = Field(ge=0)  # the detector's upsampling passes (1 finds faces down to ~40 px)
+    fallback_crop: float = Field(gt=0.0, le=1.0)  # no face found: described from the central square of this share
+    workers: int = Field(ge=1)  # processes describing photos in parallel
 
 
 class EvaluateConfig(Section):
@@ -227,6 +252,7 @@ class Config(Section):
     pretrain: PretrainConfig
     rows: dict[str, RowConfig]
     distill: DistillConfig
+    reference: ReferenceConfig
     evaluate: EvaluateConfig
     # held-out test protocols of stage `protocols`: name -> {kind, block, sizes} (checked by
     # pipeline.data.heldout.kinds.parse in stage validate, so the generator stays off every other stage's path)
@@ -264,6 +290,14 @@ class Config(Section):
         if self.distill.enabled and student not in self.default_rows:
             moved = f": the distill stage reads rows.{student}; move it from extra_rows" if student in self.rows else ""
             raise ValueError(f"distill.student_row {student!r} is not a key of rows{moved}")
+        return self
+
+    @model_validator(mode="after")
+    def _reference_teacher_exists(self) -> Config:
+        teacher = self.distill.reference_teacher
+        if teacher is not None and teacher not in self.reference.models:
+            raise ValueError(f"distill.reference_teacher {teacher!r} is not a key of reference.models "
+                             f"({', '.join(self.reference.models) or 'none'})")
         return self
 
     @model_validator(mode="after")

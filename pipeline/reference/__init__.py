@@ -1,0 +1,1 @@
+"""Reference models: pretrained face embedders with their own preprocessing, scored beside the trained rows."""
