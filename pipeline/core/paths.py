@@ -40,6 +40,10 @@ class Paths:
     def model_dir(self, name: str) -> Path:
         return self.root / "data" / "models" / name
 
+    def reference_dir(self, name: str) -> Path:
+        """A reference model's descriptors and pair scores (pipeline.reference)."""
+        return self.root / "data" / "reference" / name
+
     def eval_dir(self, name: str) -> Path:
         return self.root / "data" / "eval" / name
 
