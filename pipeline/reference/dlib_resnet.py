@@ -15,8 +15,9 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from pipeline.data.detect import Selection, as_rgb, select_face
+from pipeline.data.detect import Selection, as_rgb, detection_size, select_face, to_original
 from pipeline.data.images import decode_image
 
 MODEL_PACKAGE = "face_recognition_models"
@@ -40,6 +41,17 @@ def model_files() -> tuple[Path, Path]:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing from the installed {MODEL_PACKAGE} (reinstall it)")
     return files
+
+
+@dataclass(frozen=True)
+class DlibFace:
+    """The face dlib chose in a photo: what its chip was cut from, in the photo's pixels (x right, y down)."""
+
+    box: np.ndarray  # (4,) left, top, right, bottom of the detector's box (or of the fallback box)
+    score: float  # the HOG detector's SVM score (nan for the fallback box)
+    points: np.ndarray  # (5, 2) the 5-point predictor's landmarks: two corners of each eye, then below the nose
+    detected: bool  # False: no face found, the fallback box was used
+    chip: np.ndarray  # (150, 150, 3) uint8: what the descriptor sees
 
 
 @dataclass(frozen=True)
@@ -68,11 +80,18 @@ class DlibResnet:
     name = "dlib_resnet"
     embedding_size = EMBEDDING_SIZE
 
-    def __init__(self, selection: Selection = "central", upsample: int = 1, fallback_crop: float = 0.6) -> None:
+    def __init__(self, selection: Selection = "central", upsample: int = 1, fallback_crop: float = 0.6,
+                 detect_max_side: int | None = None) -> None:
         if upsample < 0:
             raise ValueError(f"upsample must be >= 0, got {upsample}")
+        if detect_max_side is not None and detect_max_side < 48:
+            raise ValueError(f"detect_max_side must be >= 48 pixels or None, got {detect_max_side}")
         fallback_box(2, 2, fallback_crop)  # validates the share
         self.selection, self.upsample, self.fallback_crop = selection, upsample, fallback_crop
+        # None (the evaluation): detect on the photo itself. The demo bounds it, as HOG with one upsampling pass
+        # took 13 s on a 1000 px photo (2 busy cores) and a phone photo is 4000 px; landmarks and chip use the
+        # full photo either way.
+        self.detect_max_side = detect_max_side
 
     @cached_property
     def _dlib(self):
@@ -82,19 +101,33 @@ class DlibResnet:
         return (dlib, dlib.get_frontal_face_detector(), dlib.shape_predictor(str(landmarks)),
                 dlib.face_recognition_model_v1(str(descriptor)))
 
-    def chip(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
-        """dlib's 150 px aligned chip of the chosen face (or of the fallback box) and whether a face was found."""
+    def face(self, image: np.ndarray) -> DlibFace:
+        """The chosen face of an RGB photo (grey and RGBA accepted): box, score, 5 points and 150 px chip."""
         dlib, detector, predictor, _ = self._dlib
         image = as_rgb(image)
         height, width = image.shape[:2]
-        found = detector(image, self.upsample)
+        shown_height, shown_width = detection_size(height, width, self.detect_max_side or max(height, width))
+        scaled = image if (shown_height, shown_width) == (height, width) else np.asarray(
+            Image.fromarray(image).resize((shown_width, shown_height), Image.Resampling.BILINEAR))
+        # run() with adjust_threshold 0 finds the boxes detector(image, upsample) finds, with their scores
+        found, scores, _ = detector.run(scaled, self.upsample, 0.0)
         if len(found):
             boxes = np.array([[r.left(), r.top(), r.right(), r.bottom()] for r in found], dtype=np.float64)
-            box = found[select_face(boxes, height, width, self.selection)]
+            boxes = to_original(boxes.reshape(-1, 2), np.array([shown_width / width, shown_height / height]))
+            boxes = boxes.reshape(-1, 4)
+            chosen = select_face(boxes, height, width, self.selection)
+            box, score = np.round(boxes[chosen]).astype(np.int64), float(scores[chosen])
         else:
-            box = dlib.rectangle(*fallback_box(height, width, self.fallback_crop))
-        shape = predictor(image, box)
-        return np.asarray(dlib.get_face_chip(image, shape, size=CHIP_SIZE, padding=CHIP_PADDING)), len(found) > 0
+            box, score = np.array(fallback_box(height, width, self.fallback_crop), dtype=np.int64), float("nan")
+        shape = predictor(image, dlib.rectangle(*(int(v) for v in box)))
+        points = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], dtype=np.float64)
+        chip = np.asarray(dlib.get_face_chip(image, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
+        return DlibFace(box=box, score=score, points=points, detected=len(found) > 0, chip=chip)
+
+    def chip(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
+        """dlib's 150 px aligned chip of the chosen face (or of the fallback box) and whether a face was found."""
+        face = self.face(image)
+        return face.chip, face.detected
 
     def describe_chips(self, chips: list[np.ndarray]) -> np.ndarray:
         """(n, 128) float32 descriptors of aligned 150 px chips (one batched pass)."""
