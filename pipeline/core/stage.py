@@ -34,6 +34,8 @@ _WRITERS = {
     ("reports", "cleaning.json"): "clean",
     ("reports", "params_valid.txt"): "validate",
     ("reports", "evaluation_plan"): "validate",
+    ("data", "reference"): "reference",
+    ("reports", "metrics", "reference"): "reference",
 }
 _MODEL_WRITERS = {BOOTSTRAP: "clean", PRETRAIN: "pretrain", TEACHER: "distill", STUDENT: "distill"}
 _OUT_OF_MEMORY = re.compile(r"can't allocate memory|not enough memory|out of memory", re.IGNORECASE)

@@ -10,6 +10,8 @@ from typing import Any
 from pipeline.core.config import Config
 from pipeline.core.paths import Paths
 
+REFERENCE_RECORDS = "reports/metrics/reference"  # stage reference's output: part of the default run, read by no table
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -36,6 +38,10 @@ def read_pipeline(root: Path) -> dict[str, Stage]:
             )
             for node in graph.nodes
         }
+
+
+def _written(pipeline: Mapping[str, Stage], path: str) -> bool:
+    return any(path in stage.outs for stage in pipeline.values())
 
 
 def producer(pipeline: Mapping[str, Stage], path: str) -> str:
@@ -82,8 +88,9 @@ def table_plan(
 ) -> list[str]:
     """The stages that build `table`, upstream first: its models' training and evaluation (row by row; `rows`: only
     those rows, the others' results are read as they are), its table stage, and for a table of the default run the
-    default report. Those readers of dvc.yaml list their inputs file by file, so for a whole default table they come
-    with DVC's own upstream: everything the report reads. A table of extra/dvc.yaml reads folders of evaluations, so
+    default report (and for the whole table stage reference, which `dvc repro` runs too). Those readers of dvc.yaml
+    list their inputs file by file, so for a whole default table they come with DVC's own upstream: everything the
+    report reads. A table of extra/dvc.yaml reads folders of evaluations, so
     DVC's own upstream of its stage is every evaluation of both dvc files: the plan takes the stage alone, after the
     ones it reads, as it does every reader of a subset of rows."""
     if table not in cfg.tables:
@@ -93,7 +100,8 @@ def table_plan(
     readers = [producer(pipeline, f"reports/{table}.md")]
     if table in cfg.default_tables:
         readers.append(producer(pipeline, "reports/seed_noise.md"))
-        if rows is None:
-            return plan(pipeline, [*targets, *readers])
+        if rows is None:  # the whole default run: the reference models beside the rows too, which no table reads
+            beside = [producer(pipeline, REFERENCE_RECORDS)] if _written(pipeline, REFERENCE_RECORDS) else []
+            return plan(pipeline, [*targets, *beside, *readers])
     order = plan(pipeline, targets)
     return order + [stage for stage in readers if stage not in order]
