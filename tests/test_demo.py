@@ -2,7 +2,9 @@
 
 The model is an untrained MobileFaceNet saved in the pipeline's checkpoint format and evaluated by the real evaluate
 stage on a small aligned synthetic protocol: these tests check the plumbing (threshold from the evaluation, decision,
-crops, errors), never accuracy. The browser test needs Debian's chromium and chromium-driver (.ci/run installs them);
+crops, errors), never accuracy. The reference model (dlib's ResNet descriptor, --reference) is served from a small
+record of stage reference written here: its threshold is the record's, its distances dlib's own on real LFW photos
+(those tests skip without LFW). The browser test needs Debian's chromium and chromium-driver (.ci/run installs them);
 it skips where they are absent, except under CI (CI set), where it fails instead.
 """
 from __future__ import annotations
@@ -22,6 +24,9 @@ import threading
 import time
 import urllib.request
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +43,15 @@ from pipeline.data.records import FaceRecord, write_benchmark
 from pipeline.data.synthetic import make_identity, neutral, render
 from pipeline.demo import app as demo_app
 from pipeline.demo import verify as demo_verify
+from pipeline.demo.reference import (
+    ReferenceVerifier, build_reference_verifier, reference_model, reference_threshold,
+)
 from pipeline.demo.verify import (
     DemoError, NoFaceError, Verifier, build_verifier, default_checkpoint, load_model, photo_detector,
 )
+from pipeline.reference.descriptors import DescriberSettings
+from pipeline.reference.dlib_resnet import CHIP_SIZE, PUBLISHED_THRESHOLD, DlibResnet
+from pipeline.reference.evaluation import ProtocolFigures, ReferenceEvaluation
 from pipeline.data.detect import GroundTruthLandmarks
 from pipeline.evaluate.embeddings import evaluate_pairs
 from pipeline.data.loader import load_benchmark_arrays
@@ -356,6 +367,158 @@ def test_scripts_demo_refuses_a_bad_port_before_loading_anything():
     assert "loading the model" not in done.stderr
 
 
+# --- the reference model (--reference): dlib's ResNet descriptor, its threshold from stage reference's record ------
+
+
+REFERENCE = "dlib_resnet"
+
+
+def protocol_figures(fold_thresholds: np.ndarray, pairs: int) -> ProtocolFigures:
+    """A protocol's figures as stage reference records them; only the thresholds and counts matter to the demo."""
+    photos = 2 * pairs
+    return ProtocolFigures(
+        pairs=pairs, photos=photos, photos_detected=photos - 3, folds=len(fold_thresholds), accuracy=97.5,
+        accuracy_std=1.2, ci_low=96.6, ci_high=98.4, fold_thresholds=tuple(float(t) for t in fold_thresholds),
+        accuracy_at_published_threshold=97.0, tar_at_far={"0.001": 0.9},
+    )
+
+
+def write_reference_record(root: Path, seed: int, **changes) -> ReferenceEvaluation:
+    """A record of stage reference under `root` with two LFW protocols whose 10 fold thresholds lie around dlib's
+    0.6 (different draws, so which protocol served is visible in the mean); `changes` replace record fields."""
+    rng = np.random.default_rng(seed)
+    settings = DescriberSettings(kind=REFERENCE, face_selection="central", upsample=1, fallback_crop=0.6)
+    record = ReferenceEvaluation(
+        model=REFERENCE, label="dlib ResNet (pretrained reference)", kind=REFERENCE, settings=asdict(settings),
+        published={"lfw-view2": 99.38}, published_source="dlib's authors",
+        protocols={"lfw-devtest": protocol_figures(rng.uniform(0.50, 0.58, 10), 1000),
+                   "lfw-view2": protocol_figures(rng.uniform(0.56, 0.64, 10), 6000)},
+        not_scored={"synth-lfw": "synthetic faces"},
+    )
+    record = replace(record, **changes)
+    record.save(Paths(root).metrics("reference", REFERENCE))
+    return record
+
+
+@pytest.fixture(scope="module")
+def reference_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("reference_root")
+    write_reference_record(root, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference_verifier(reference_root) -> ReferenceVerifier:
+    return build_reference_verifier(Paths(reference_root), REFERENCE, None)
+
+
+def lfw_same_pair_or_skip() -> tuple[Path, Path]:
+    """View 2's first same pair (two photos of one person), or a skip where LFW is absent."""
+    lfw = lfw_root_from_env()
+    if not (lfw / "pairs_view2.csv").is_file():
+        pytest.skip(f"LFW is absent ({lfw}; set $FACEREPRO_LFW)")
+    pairs = pd.read_csv(lfw / "pairs_view2.csv")
+    same = pairs[pairs["same"] == 1].iloc[0]
+    return lfw / same["img_a"], lfw / same["img_b"]
+
+
+def dlib_distance(photo_a: Path, photo_b: Path) -> float:
+    """The distance of two photos' descriptors by pipeline.reference alone (the evaluation's path, no demo code)."""
+    model = DlibResnet("central", 1, 0.6)
+    a, b = (model.embed_encoded(path.read_bytes(), path.name) for path in (photo_a, photo_b))
+    assert a.detected and b.detected
+    return float(np.linalg.norm(a.vector.astype(np.float64) - b.vector))
+
+
+def test_reference_threshold_is_the_records_own(reference_root, tmp_path):
+    paths = Paths(reference_root)
+    record = ReferenceEvaluation.load(paths.metrics("reference", REFERENCE))
+    served = reference_threshold(paths, REFERENCE, None)
+    # default: the LFW-like protocol with the most pairs, View 2 here
+    assert served.protocol == "lfw-view2" and served.figures == record.protocols["lfw-view2"]
+    assert served.value == pytest.approx(float(np.mean(record.protocols["lfw-view2"].fold_thresholds)), abs=1e-12)
+    devtest = reference_threshold(paths, REFERENCE, "lfw-devtest")
+    assert devtest.value == pytest.approx(float(np.mean(record.protocols["lfw-devtest"].fold_thresholds)), abs=1e-12)
+    assert devtest.value != served.value
+    with pytest.raises(DemoError, match="has no protocol 'agedb'; it has lfw-devtest, lfw-view2"):
+        reference_threshold(paths, REFERENCE, "agedb")
+    # the describer is set up as the record says, with the demo's detection bound
+    model = reference_model(record, served.metrics_path)
+    assert (model.selection, model.upsample, model.fallback_crop) == ("central", 1, 0.6) and model.detect_max_side
+
+
+def test_reference_record_problems_name_the_file_and_the_command(tmp_path):
+    missing = Paths(tmp_path).metrics("reference", REFERENCE)
+    with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(missing))} does not exist.*`dvc repro reference`"):
+        build_reference_verifier(Paths(tmp_path), REFERENCE, None)
+    record = write_reference_record(tmp_path, seed=1)
+    other = Paths(tmp_path).metrics("reference", "other")
+    other.write_text(missing.read_text())
+    with pytest.raises(DemoError, match=rf"{re.escape(str(other))} holds reference model 'dlib_resnet', not 'other'"):
+        build_reference_verifier(Paths(tmp_path), "other", None)
+    hopeless = replace(record.protocols["lfw-view2"], fold_thresholds=(float("inf"),) * 10)
+    write_reference_record(tmp_path, seed=1, protocols={"lfw-view2": hopeless})
+    with pytest.raises(DemoError, match="separates no pairs on lfw-view2"):
+        build_reference_verifier(Paths(tmp_path), REFERENCE, None)
+    write_reference_record(tmp_path, seed=1, settings={**record.settings, "dlib": "19.0.0"})
+    with pytest.raises(DemoError, match=r"measured with dlib-bin 19.0.0, but .* is installed.*dvc repro reference"):
+        build_reference_verifier(Paths(tmp_path), REFERENCE, None)
+    with pytest.raises(SystemExit) as stopped:  # what scripts/demo prints before exiting with status 1
+        demo_app.main(["--reference", "absent", "--root", str(tmp_path)])
+    message = str(stopped.value.code)
+    assert message.startswith(f"scripts/demo: {Paths(tmp_path).metrics('reference', 'absent')} does not exist")
+    assert "`dvc repro reference`" in message
+
+
+def test_reference_and_checkpoint_exclude_each_other(capsys):
+    assert demo_app.arguments(["--reference", REFERENCE]).reference == REFERENCE
+    with pytest.raises(SystemExit):
+        demo_app.arguments(["--reference", REFERENCE, "--checkpoint", "model.pt"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_reference_without_a_face_is_a_clear_error(reference_verifier):
+    """dlib's evaluation describes a fallback box where no face is found; the demo says so instead."""
+    with pytest.raises(NoFaceError, match=r"no face found in photo A \(grey.png\) by dlib's detector.*~40 px wide"):
+        reference_verifier.face(png(np.full((200, 200, 3), 128, np.uint8)), "photo A (grey.png)")
+    with pytest.raises(NoFaceError, match=r"no face found in photo B \(dot.png\)"):
+        reference_verifier.face(png(np.zeros((8, 8, 3), np.uint8)), "photo B (dot.png)")
+    with pytest.raises(DemoError, match=r"photo A \(notes.txt\): cannot decode image"):
+        reference_verifier.face(b"not an image", "photo A (notes.txt)")
+
+
+def test_reference_distance_is_dlibs_own_on_real_photos(reference_verifier):
+    photo_a, photo_b = lfw_same_pair_or_skip()
+    data_a, data_b = photo_a.read_bytes(), photo_b.read_bytes()
+    itself = reference_verifier.verify(data_a, "photo A", data_a, "photo B")
+    assert itself.distance == pytest.approx(0.0, abs=1e-6) and itself.same
+    result = reference_verifier.verify(data_a, "photo A", data_b, "photo B")
+    assert result.distance == pytest.approx(dlib_distance(photo_a, photo_b), abs=1e-5)
+    assert result.threshold == reference_verifier.threshold.value
+    assert result.same == (result.distance < result.threshold)
+    for face in result.faces:
+        height, width = face.photo.shape[:2]
+        assert face.face.chip.shape == (CHIP_SIZE, CHIP_SIZE, 3) and face.face.detected
+        assert 0 <= face.face.box[0] < face.face.box[2] < width and 0 <= face.face.box[1] < face.face.box[3] < height
+        inside = (face.face.points >= face.face.box[:2]) & (face.face.points <= face.face.box[2:])
+        assert face.face.points.shape == (5, 2) and inside.all()
+
+
+def test_reference_api_describes_the_threshold_and_answers_errors(reference_verifier):
+    client = client_for(reference_verifier, "127.0.0.1:8765")
+    info = client.get("/api/model").json()
+    figures = reference_verifier.threshold.figures
+    assert (info["kind"], info["model"], info["protocol"]) == ("reference", REFERENCE, "lfw-view2")
+    assert (info["measure"], info["same_when"]) == ("descriptor distance", "below")
+    assert info["threshold"] == reference_verifier.threshold.value and info["crop_size"] == CHIP_SIZE
+    assert info["fold_thresholds"] == list(figures.fold_thresholds) and info["pairs"] == figures.pairs
+    assert info["published"] == 99.38 and info["published_threshold"] == PUBLISHED_THRESHOLD
+    grey = base64.b64encode(png(np.full((120, 120, 3), 90, np.uint8))).decode()
+    reply = client.post("/api/verify", json={"photo_a": {"name": "a.png", "data": grey},
+                                             "photo_b": {"name": "b.png", "data": grey}})
+    assert reply.status_code == 422 and reply.json()["error"].startswith("no face found in photo A (a.png)")
+
+
 # --- the page in a real browser ----------------------------------------------------------------------------------
 
 
@@ -423,70 +586,19 @@ def wait_for_server(server: subprocess.Popen, url: str, log: Path) -> dict:
     pytest.fail(f"the demo server did not answer at {url}:\n{log.read_text()}")
 
 
-def test_page_in_headless_chromium(demo_root, tmp_path):
-    chromium, chromedriver = browser_or_skip()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    photos = browser_photos(tmp_path)
-    port, log = free_port(), tmp_path / "server.log"
+@contextmanager
+def demo_server(arguments: list[str], folder: Path) -> Iterator[tuple[str, dict]]:
+    """`python -m pipeline.demo ARGUMENTS` on a free port: (its URL, its /api/model); stopped by SIGTERM after."""
+    port, log = free_port(), folder / "server.log"
     url = f"http://127.0.0.1:{port}/"
     with open(log, "wb") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.demo", "--root", str(demo_root), "--profile", PROFILE, "--port", str(port)],
+            [sys.executable, "-m", "pipeline.demo", *arguments, "--port", str(port)],
             cwd=config.PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    driver = None
     try:
-        info = wait_for_server(server, url, log)
-        options = webdriver.ChromeOptions()
-        options.binary_location = chromium
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1200,1000"):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
-        wait = WebDriverWait(driver, 120)
-        driver.get(url)
-        wait.until(lambda d: info["model"] in d.find_element(By.ID, "model-info").text)
-        assert f"{info['protocol']}" in driver.find_element(By.ID, "threshold-source").get_attribute("textContent")
-
-        def compare(photo_a: Path, photo_b: Path) -> tuple[str, float, float]:
-            """Upload, press Verify, and read what the page shows: (decision, similarity, threshold) or the error."""
-            driver.find_element(By.ID, "photo-a").send_keys(str(photo_a))
-            driver.find_element(By.ID, "photo-b").send_keys(str(photo_b))
-            wait.until(lambda d: d.find_element(By.ID, "verify").is_enabled())
-            driver.find_element(By.ID, "verify").click()
-            wait.until(lambda d: d.find_element(By.ID, "result").is_displayed() or d.find_element(By.ID, "error").is_displayed())
-            if driver.find_element(By.ID, "error").is_displayed():
-                return driver.find_element(By.ID, "error").text, float("nan"), float("nan")
-            return (driver.find_element(By.ID, "decision").text, float(driver.find_element(By.ID, "similarity").text),
-                    float(driver.find_element(By.ID, "threshold").text))
-
-        def crops_rendered() -> None:
-            for slot in ("a", "b"):
-                size = driver.execute_script(f"const c = document.getElementById('crop-{slot}'); "
-                                             f"const m = document.getElementById('marked-{slot}'); "
-                                             "return [c.complete, c.naturalWidth, c.naturalHeight, m.naturalWidth];")
-                assert size[:3] == [True, info["crop_size"], info["crop_size"]] and size[3] > 0, (slot, size)
-
-        decision, similarity, threshold = compare(photos["same_a"], photos["same_a"])
-        assert (decision, similarity, threshold) == ("Same person", 1.0, round(info["threshold"], 4))
-        crops_rendered()
-        for pair in ("same", "different"):  # an untrained model: the decision must follow the numbers, nothing more
-            decision, similarity, threshold = compare(photos[f"{pair}_a"], photos[f"{pair}_b"])
-            assert -1.0 <= similarity <= 1.0 and threshold == round(info["threshold"], 4), decision
-            assert decision == ("Same person" if similarity > threshold else "Different people")
-            crops_rendered()
-        error, _, _ = compare(photos["same_a"], photos["no_face"])
-        assert error.startswith("no face found in photo B (wall.png)"), error
-        assert not driver.find_element(By.ID, "result").is_displayed()
+        yield url, wait_for_server(server, url, log)
     finally:
-        if driver is not None:
-            driver.quit()
-            assert driver.service.process.poll() is not None, "chromedriver still running"
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=30)
@@ -494,3 +606,105 @@ def test_page_in_headless_chromium(demo_root, tmp_path):
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
             pytest.fail(f"the demo server ignored SIGTERM:\n{log.read_text()}")
+
+
+@contextmanager
+def headless_chromium(folder: Path):
+    """A selenium driver of headless Chromium, with no network chatter of its own; quit after."""
+    chromium, chromedriver = browser_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={folder / 'chromium-profile'}", "--window-size=1200,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        assert driver.service.process.poll() is not None, "chromedriver still running"
+
+
+class DemoPage:
+    """The demo page open in a driver: upload two photos, press Verify, read what it shows."""
+
+    def __init__(self, driver, url: str, info: dict) -> None:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.driver, self.info, self.by, self.wait = driver, info, By, WebDriverWait(driver, 120)
+        driver.get(url)
+        self.wait.until(lambda d: info["model"] in self.text("model-info"))
+
+    def element(self, id_: str):
+        return self.driver.find_element(self.by.ID, id_)
+
+    def text(self, id_: str) -> str:
+        return self.element(id_).get_attribute("textContent")
+
+    def compare(self, photo_a: Path, photo_b: Path, value: str = "similarity") -> tuple[str, float, float]:
+        """(decision, the `value` element's number, threshold) as the page shows them, or (the error, nan, nan)."""
+        self.element("photo-a").send_keys(str(photo_a))
+        self.element("photo-b").send_keys(str(photo_b))
+        self.wait.until(lambda d: self.element("verify").is_enabled())
+        self.element("verify").click()
+        self.wait.until(lambda d: self.element("result").is_displayed() or self.element("error").is_displayed())
+        if self.element("error").is_displayed():
+            return self.element("error").text, float("nan"), float("nan")
+        return self.element("decision").text, float(self.element(value).text), float(self.element("threshold").text)
+
+    def crops_rendered(self) -> None:
+        for slot in ("a", "b"):
+            size = self.driver.execute_script(f"const c = document.getElementById('crop-{slot}'); "
+                                              f"const m = document.getElementById('marked-{slot}'); "
+                                              "return [c.complete, c.naturalWidth, c.naturalHeight, m.naturalWidth];")
+            assert size[:3] == [True, self.info["crop_size"], self.info["crop_size"]] and size[3] > 0, (slot, size)
+
+
+def test_page_in_headless_chromium(demo_root, tmp_path):
+    browser_or_skip()
+    photos = browser_photos(tmp_path)
+    with demo_server(["--root", str(demo_root), "--profile", PROFILE], tmp_path) as (url, info), \
+            headless_chromium(tmp_path) as driver:
+        page = DemoPage(driver, url, info)
+        assert f"{info['protocol']}" in page.text("threshold-source")
+        decision, similarity, threshold = page.compare(photos["same_a"], photos["same_a"])
+        assert (decision, similarity, threshold) == ("Same person", 1.0, round(info["threshold"], 4))
+        page.crops_rendered()
+        for pair in ("same", "different"):  # an untrained model: the decision must follow the numbers, nothing more
+            decision, similarity, threshold = page.compare(photos[f"{pair}_a"], photos[f"{pair}_b"])
+            assert -1.0 <= similarity <= 1.0 and threshold == round(info["threshold"], 4), decision
+            assert decision == ("Same person" if similarity > threshold else "Different people")
+            page.crops_rendered()
+        error, _, _ = page.compare(photos["same_a"], photos["no_face"])
+        assert error.startswith("no face found in photo B (wall.png)"), error
+        assert not page.element("result").is_displayed()
+
+
+def test_reference_page_in_headless_chromium(reference_root, tmp_path):
+    """`scripts/demo --reference dlib_resnet` as a person would use it: two real LFW photos of one person uploaded,
+    the page's distance is dlib's own and its decision follows the record's threshold."""
+    browser_or_skip()
+    photo_a, photo_b = lfw_same_pair_or_skip()
+    record = ReferenceEvaluation.load(Paths(reference_root).metrics("reference", REFERENCE))
+    with demo_server(["--reference", REFERENCE, "--root", str(reference_root)], tmp_path) as (url, info), \
+            headless_chromium(tmp_path) as driver:
+        page = DemoPage(driver, url, info)
+        assert info["kind"] == "reference" and info["protocol"] == "lfw-view2"
+        source = page.text("threshold-source")
+        assert "lfw-view2 (6000 pairs" in source and "distance is below it" in source, source
+        assert str(Paths(reference_root).metrics("reference", REFERENCE)) in source
+        assert f"{record.protocols['lfw-view2'].accuracy:.2f}%" in source
+        decision, distance, threshold = page.compare(photo_a, photo_b, value="distance")
+        assert page.text("measure") == "descriptor distance" and page.text("similarity") == ""
+        assert threshold == round(float(np.mean(record.protocols["lfw-view2"].fold_thresholds)), 4)
+        assert distance == pytest.approx(dlib_distance(photo_a, photo_b), abs=1e-4)  # shown to 4 decimals
+        assert decision == ("Same person" if distance < threshold else "Different people")
+        # dlib's own chips of one person: well within its authors' 0.6 (a misplaced chip lands far beyond it)
+        assert distance < PUBLISHED_THRESHOLD and decision == "Same person"
+        page.crops_rendered()
+        assert "dlib's face chip" in page.text("views-a")

@@ -1,10 +1,12 @@
-"""The verification web demo: a FastAPI app on 127.0.0.1 (uvicorn) serving one page and a JSON API.
+"""The verification web demo: a FastAPI app on 127.0.0.1 (uvicorn) serving one page and a JSON API, for a model the
+pipeline trained or a pretrained reference model (--reference).
 
 The page sends both photos as base64 in one JSON request (no multipart parser needed); the reply carries the
-similarity, the threshold and where it comes from, the decision, each photo with its box and landmarks drawn, and
-the aligned crops, all as data URLs. Only requests naming this machine in their Host header are answered (a web
-page whose domain is re-resolved to 127.0.0.1 must not reach the demo), and a body is refused as soon as it is
-longer than two photos can be, before any JSON is parsed.
+similarity (trained model) or descriptor distance (reference model), the threshold and where it comes from, the
+decision, each photo with its box and landmarks drawn, and the crops the model sees, all as data URLs. Only
+requests naming this machine in their Host header are answered (a web page whose domain is re-resolved to 127.0.0.1
+must not reach the demo), and a body is refused as soon as it is longer than two photos can be, before any JSON is
+parsed.
 """
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.core import config
-from pipeline.demo.verify import DemoError, Face, Verifier, build_verifier
+from pipeline.demo.reference import ReferenceVerification, ReferenceVerifier, build_reference_verifier
+from pipeline.demo.verify import DemoError, Verification, Verifier, build_verifier
 from pipeline.core.paths import Paths
+from pipeline.reference.dlib_resnet import CHIP_SIZE, PUBLISHED_THRESHOLD
 
 HOST = "127.0.0.1"  # the demo is for the person at this machine only
 ALLOWED_HOSTS = (HOST, "localhost")  # Host header names, any port
@@ -34,6 +38,8 @@ MAX_PHOTO_BYTES = 25 * 1024 * 1024
 MAX_BODY_BYTES = 2 * (4 * MAX_PHOTO_BYTES // 3 + 4) + 64 * 1024  # two photos in base64, names and JSON around them
 SHOWN_SIDE = 320  # longest side of the annotated photo sent back
 LANDMARK_COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231")  # eyes, nose, mouth corners
+# dlib's 5 points: the outer and inner corner of one eye, of the other, then below the nose
+DLIB_POINT_COLOURS = ("#e6194b", "#e6194b", "#3cb44b", "#3cb44b", "#ffe119")
 
 
 class Photo(BaseModel):
@@ -112,9 +118,9 @@ def data_url(image: Image.Image, kind: str) -> str:
     return f"data:image/{kind.lower()};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def marked_photo(face: Face) -> str:
+def marked_photo(photo: np.ndarray, box: np.ndarray, landmarks: np.ndarray, colours: tuple[str, ...]) -> str:
     """The photo scaled to SHOWN_SIDE (small ones up, so the marks stay visible) with the box and landmarks drawn."""
-    image = Image.fromarray(face.photo)
+    image = Image.fromarray(photo)
     scale = SHOWN_SIDE / max(image.size)
     image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS)
     draw = ImageDraw.Draw(image)
@@ -122,17 +128,20 @@ def marked_photo(face: Face) -> str:
     def shown(points: np.ndarray) -> np.ndarray:
         return (np.asarray(points, dtype=np.float64) + 0.5) * scale - 0.5  # pixel centres at integers
 
-    x0, y0, x1, y1 = shown(face.detection.box.reshape(2, 2)).reshape(4)
+    x0, y0, x1, y1 = shown(np.asarray(box).reshape(2, 2)).reshape(4)
     draw.rectangle((x0, y0, x1, y1), outline="#00e0ff", width=2)
     radius = 0.015 * SHOWN_SIDE
-    for (x, y), colour in zip(shown(face.detection.landmarks), LANDMARK_COLOURS):
+    for (x, y), colour in zip(shown(landmarks), colours):
         draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour, outline="black")
     return data_url(image, "JPEG")
 
 
-def model_info(verifier: Verifier) -> dict:
+def model_info(verifier: Verifier | ReferenceVerifier) -> dict:
+    if isinstance(verifier, ReferenceVerifier):
+        return reference_info(verifier)
     meta, threshold = verifier.meta, verifier.threshold
     return {
+        "kind": verifier.kind, "measure": "cosine similarity", "same_when": "above",
         "model": meta["name"], "label": meta["label"], "seed": meta["seed"], "checkpoint": meta["checkpoint"],
         "backbone": meta["backbone"], "embedding_size": meta["embedding_size"], "crop_size": meta["crop_size"],
         "threshold": threshold.value, "fold_thresholds": list(threshold.fold_thresholds),
@@ -142,7 +151,51 @@ def model_info(verifier: Verifier) -> dict:
     }
 
 
-def create_app(verifier: Verifier) -> FastAPI:
+def reference_info(verifier: ReferenceVerifier) -> dict:
+    """What the page says of a reference model and of its threshold's origin (stage reference's record)."""
+    threshold, model = verifier.threshold, verifier.model
+    record, figures = threshold.record, threshold.figures
+    return {
+        "kind": verifier.kind, "measure": "descriptor distance", "same_when": "below",
+        "model": record.model, "label": record.label, "reference_kind": record.kind, "settings": record.settings,
+        "embedding_size": model.embedding_size, "crop_size": CHIP_SIZE, "detect_max_side": model.detect_max_side,
+        "threshold": threshold.value, "fold_thresholds": list(figures.fold_thresholds), "protocol": threshold.protocol,
+        "pairs": figures.pairs, "folds": figures.folds, "photos": figures.photos,
+        "photos_detected": figures.photos_detected, "accuracy": figures.accuracy, "accuracy_std": figures.accuracy_std,
+        "ci_low": figures.ci_low, "ci_high": figures.ci_high,
+        "published": record.published.get(threshold.protocol), "published_source": record.published_source,
+        "published_threshold": PUBLISHED_THRESHOLD,
+        "accuracy_at_published_threshold": figures.accuracy_at_published_threshold,
+        "metrics": str(threshold.metrics_path),
+    }
+
+
+def verification_reply(result: Verification | ReferenceVerification) -> dict:
+    """The JSON the page shows: the score, the threshold, the decision and each photo marked, with its crop."""
+    if isinstance(result, ReferenceVerification):
+        return {
+            "distance": result.distance, "threshold": result.threshold, "same": result.same,
+            "faces": [
+                {"marked": marked_photo(face.photo, face.face.box, face.face.points, DLIB_POINT_COLOURS),
+                 "crop": data_url(Image.fromarray(face.face.chip), "PNG"), "score": face.face.score,
+                 "size": list(face.photo.shape[:2])}
+                for face in result.faces
+            ],
+        }
+    return {
+        "similarity": result.similarity,
+        "threshold": result.threshold,
+        "same": result.same,
+        "faces": [
+            {"marked": marked_photo(face.photo, face.detection.box, face.detection.landmarks, LANDMARK_COLOURS),
+             "crop": data_url(Image.fromarray(face.crop), "PNG"), "score": face.detection.score,
+             "size": list(face.photo.shape[:2])}
+            for face in result.faces
+        ],
+    }
+
+
+def create_app(verifier: Verifier | ReferenceVerifier) -> FastAPI:
     app = FastAPI(title="facerepro verification demo", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(ALLOWED_HOSTS))  # added last: checked first
@@ -166,27 +219,22 @@ def create_app(verifier: Verifier) -> FastAPI:
             )
         except DemoError as error:
             return JSONResponse({"error": str(error)}, status_code=422)
-        return JSONResponse({
-            "similarity": result.similarity,
-            "threshold": result.threshold,
-            "same": result.same,
-            "faces": [
-                {"marked": marked_photo(face), "crop": data_url(Image.fromarray(face.crop), "PNG"),
-                 "score": face.detection.score, "size": list(face.photo.shape[:2])}
-                for face in result.faces
-            ],
-        })
+        return JSONResponse(verification_reply(result))
 
     return app
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, help="a model.pt the pipeline wrote (default: the evaluated model "
-                        "with the best recorded accuracy on the protocol)")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", type=Path, help="a model.pt the pipeline wrote (default: the evaluated model "
+                       "with the best recorded accuracy on the protocol)")
+    model.add_argument("--reference", metavar="MODEL", help="serve a pretrained reference model (params "
+                       "reference.models, e.g. dlib_resnet) with the threshold stage reference chose for it")
     parser.add_argument("--port", type=port_number, default=8765, help="port on 127.0.0.1 (default 8765)")
     parser.add_argument("--profile", help="params.yaml profile the model was trained with (default: params.yaml's)")
-    parser.add_argument("--protocol", help="evaluation protocol whose threshold to use (default: the LFW-like one)")
+    parser.add_argument("--protocol", help="evaluation protocol whose threshold to use (default: the LFW-like one; "
+                        "for --reference the LFW-like one with the most pairs)")
     parser.add_argument("--root", type=Path, default=config.PROJECT_ROOT,
                         help="project root holding params.yaml, data/ and reports/ (default: this checkout)")
     return parser.parse_args(argv)
@@ -197,14 +245,22 @@ def main(argv: list[str] | None = None) -> None:
 
     args = arguments(argv)
     try:
-        cfg = config.load(args.root / "params.yaml", args.profile)
-        print("loading the model and recomputing its evaluation threshold ...", file=sys.stderr, flush=True)
-        verifier = build_verifier(cfg, Paths(args.root), args.checkpoint, args.protocol)
-    except (FileNotFoundError, ValueError, KeyError) as error:
+        if args.reference is not None:  # the record names its own settings: no profile to load
+            print("loading the reference model and its threshold ...", file=sys.stderr, flush=True)
+            verifier: Verifier | ReferenceVerifier = build_reference_verifier(
+                Paths(args.root), args.reference, args.protocol)
+        else:
+            cfg = config.load(args.root / "params.yaml", args.profile)
+            print("loading the model and recomputing its evaluation threshold ...", file=sys.stderr, flush=True)
+            verifier = build_verifier(cfg, Paths(args.root), args.checkpoint, args.protocol)
+    except (FileNotFoundError, ValueError, KeyError, ModuleNotFoundError) as error:
         sys.exit(f"scripts/demo: {error}")
     info = model_info(verifier)
+    who = (f"reference model {info['model']}" if args.reference is not None
+           else f"model {info['model']} (seed {info['seed']})")
     print(
-        f"model {info['model']} (seed {info['seed']}); threshold {info['threshold']:.4f} from {info['folds']}-fold "
-        f"verification on {info['protocol']}; open http://{HOST}:{args.port}/", file=sys.stderr, flush=True,
+        f"{who}; threshold {info['threshold']:.4f} ({info['measure']}, same {info['same_when']}) from "
+        f"{info['folds']}-fold verification on {info['protocol']}; open http://{HOST}:{args.port}/",
+        file=sys.stderr, flush=True,
     )
     uvicorn.run(create_app(verifier), host=HOST, port=args.port, log_level="warning")

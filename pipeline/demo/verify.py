@@ -5,7 +5,7 @@ The threshold is the evaluate stage's: the metrics JSON records the model's 10-f
 thresholds, so they are recomputed here with the same code on the same aligned protocol, and the recomputed accuracy
 must match the recorded one (else this checkpoint is not the one that was evaluated). The single threshold used for
 one pair is the mean of the 10 per-fold thresholds; a pair is "same" when its cosine similarity exceeds it, the
-convention of pipeline.evaluate.verification.
+convention of pipeline.evaluate.verification. A pretrained reference model is served by pipeline.demo.reference.
 """
 from __future__ import annotations
 
@@ -188,6 +188,17 @@ def header_size(data: bytes, where: str) -> tuple[int, int]:
         raise CorruptImageError(where, f"{type(error).__name__}: {error}") from error
 
 
+def decode_photo(data: bytes, where: str) -> np.ndarray:
+    """The upright RGB photo; its size is checked from the header before any pixel is decoded."""
+    try:
+        width, height = header_size(data, where)
+        if height * width > MAX_PHOTO_PIXELS:
+            raise DemoError(f"{where} is {width}x{height} px; the limit is {MAX_PHOTO_PIXELS // 10**6} megapixels")
+        return decode_image(data, where)  # grey, RGBA, CMYK -> RGB; EXIF orientation applied
+    except CorruptImageError as error:
+        raise DemoError(f"{error} (is it a JPEG, PNG or other image file?)") from error
+
+
 @dataclass(frozen=True)
 class Face:
     photo: np.ndarray  # the upright RGB photo
@@ -209,6 +220,8 @@ class Verification:
 class Verifier:
     """Two photos in, the similarity and the decision out; one request at a time (the model is shared)."""
 
+    kind = "trained"
+
     def __init__(
         self, backbone: nn.Module, meta: dict, threshold: Threshold, detector: LandmarkDetector,
         device: torch.device, channels_last: bool, align: AlignConfig,
@@ -219,14 +232,7 @@ class Verifier:
 
     @staticmethod
     def decode(data: bytes, where: str) -> np.ndarray:
-        """The upright RGB photo; its size is checked from the header before any pixel is decoded."""
-        try:
-            width, height = header_size(data, where)
-            if height * width > MAX_PHOTO_PIXELS:
-                raise DemoError(f"{where} is {width}x{height} px; the limit is {MAX_PHOTO_PIXELS // 10**6} megapixels")
-            return decode_image(data, where)  # grey, RGBA, CMYK -> RGB; EXIF orientation applied
-        except CorruptImageError as error:
-            raise DemoError(f"{error} (is it a JPEG, PNG or other image file?)") from error
+        return decode_photo(data, where)
 
     def face(self, data: bytes, where: str) -> Face:
         return self.locate(self.decode(data, where), where)
