@@ -272,3 +272,33 @@ def test_dlib_puts_same_persons_closer_on_real_view2_pairs_and_reruns_from_its_c
     again = ReferenceEvaluation.load(paths.metrics("reference", "dlib_resnet"))
     rerun = reference.run(cfg, paths)["dlib_resnet"]
     assert json.dumps(rerun.to_json(), sort_keys=True) == json.dumps(again.to_json(), sort_keys=True)
+
+
+# --- the profile report ----------------------------------------------------------------------------------------
+
+
+def test_the_profile_report_shows_the_reference_beside_its_published_figure(tmp_path):
+    """A call that built stage reference alone in a new clone (no alignment, no trained model): table.md says so and
+    shows the reference section; the record is collected beside it."""
+    from pipeline.core.atomic_io import write_json_atomic
+    from pipeline.profiles.report import collect
+
+    work = tmp_path / "work"
+    write_json_atomic(work / "reports" / "data.json", {"source": "lfw", "train": {"persons": 3, "images": 12}})
+    (work / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
+    record().save(work / "reports" / "metrics" / "reference" / "dlib_resnet.json")
+    run = {"commit": "abc1234", "seconds": 600, "cpus": 2, "load_before": "1 1 1", "load_after": "2 2 2",
+           "arguments": "stage@reference", "targets": ["stage@reference"]}
+    summary = collect(work, tmp_path / "out", "lfw", run)
+    table = (tmp_path / "out" / "table.md").read_text()
+    view2 = record().protocols["lfw-view2"]
+    assert "`bash scripts/reproduce-profile lfw stage@reference` at commit `abc1234` built stage reference" in table
+    assert "No table has been built in this clone." in table and "has aligned photos" in table
+    row = next(line for line in table.splitlines() if line.startswith("| lfw-view2 |"))
+    assert row.startswith(f"| lfw-view2 | 120 | {view2.accuracy:.2f} (±{view2.accuracy_std:.2f}) | "
+                          f"{view2.ci_low:.2f}-{view2.ci_high:.2f} | ")
+    assert math.isnan(view2.tar_at_far["0.01"])  # 60 different pairs cannot reach a FAR of 1%: an empty cell
+    assert row.endswith(f"| {view2.accuracy_at_published_threshold:.2f} |  | 3 of 200 | 99.38 |")
+    assert "Published: dlib.net." in table and f"- not scored: synth-lfw: {SYNTHETIC}" in table
+    assert ReferenceEvaluation.load(tmp_path / "out" / "reference" / "dlib_resnet.json").to_json() == record().to_json()
+    assert summary["reference"]["dlib_resnet"]["published"] == {"lfw-view2": 99.38}
