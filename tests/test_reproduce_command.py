@@ -93,6 +93,19 @@ def test_an_unknown_table_is_named_in_one_line(project, capsys, monkeypatch):
     assert calls == []
 
 
+def test_a_stage_is_its_own_dvc_target_and_an_unknown_one_is_named(project, capsys, monkeypatch):
+    """`stage@NAME` (scripts/reproduce-profile lfw stage@reference): that stage and what DVC finds it needs, no table."""
+    assert commands(project, ["stage@reference"]) == [["repro", "reference"]]
+    assert commands(project, ["stage@train@cosface", f"stage@{EXTRA}:distill"]) == [
+        ["repro", "train@cosface"], ["repro", f"{EXTRA}:distill"]]
+    calls = _recorded_dvc_calls(monkeypatch)
+    with pytest.raises(SystemExit) as exited:
+        reproduce.main(["stage@nope"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.startswith("bash scripts/reproduce: stage@nope: no such stage in dvc.yaml")
+    assert "reference" in err and calls == []
+
+
 def test_all_with_targets_is_refused(capsys, monkeypatch):
     calls = _recorded_dvc_calls(monkeypatch)
     with pytest.raises(SystemExit) as exited:

@@ -1,8 +1,9 @@
-"""What `bash scripts/reproduce` runs: the default run (Table 3) by default, one table with `table@NAME`, every table
-with `--all`; anything else is passed to `dvc repro` as it is.
+"""What `bash scripts/reproduce` runs: the default run (Table 3) by default, one table with `table@NAME`, one stage and
+what it needs with `stage@NAME`, every table with `--all`; anything else is passed to `dvc repro` as it is.
 
     python -m pipeline.orchestration.reproduce                    # dvc repro: Table 3, its seed-noise report, MLflow
     python -m pipeline.orchestration.reproduce table@facex_heads  # that table's rows, evaluations and table
+    python -m pipeline.orchestration.reproduce stage@reference    # dvc repro reference: the reference models alone
     python -m pipeline.orchestration.reproduce --all              # dvc repro, then dvc repro extra/dvc.yaml
 """
 from __future__ import annotations
@@ -19,6 +20,19 @@ from pipeline.core.paths import Paths
 from pipeline.orchestration.graph import Stage, read_pipeline, table_plan
 
 
+STAGE = "stage@"  # stage@NAME: that stage of dvc.yaml (or extra/dvc.yaml:NAME) and every stage it needs
+
+
+def stage_target(pipeline: dict[str, Stage], target: str) -> str:
+    """The DVC stage of `stage@NAME`; an unknown one is named with the stages there are (a foreach stage by its group
+    name, e.g. train, or one item, train@cosface)."""
+    name = target.removeprefix(STAGE)
+    groups = {stage.split("@")[0] for stage in pipeline}
+    if name not in pipeline and name not in groups:
+        raise KeyError(f"{target}: no such stage in dvc.yaml or extra/dvc.yaml (known: {', '.join(sorted(groups))})")
+    return name
+
+
 def dvc_commands(cfg: Config, pipeline: dict[str, Stage], paths: Paths, targets: Sequence[str], every_table: bool
                  ) -> list[list[str]]:
     """The `dvc repro` calls (arguments after `dvc`) that build what was asked, in order."""
@@ -28,6 +42,9 @@ def dvc_commands(cfg: Config, pipeline: dict[str, Stage], paths: Paths, targets:
         return [["repro"]]
     commands = []
     for target in targets:
+        if target.startswith(STAGE):  # a stage of either dvc file, as `dvc repro` names it, and its upstream
+            commands.append(["repro", stage_target(pipeline, target)])
+            continue
         table = target.removeprefix("table@")
         if target.startswith("table@") and table not in cfg.default_tables:
             *upstream, reader = table_plan(pipeline, paths, cfg, table)
@@ -40,7 +57,8 @@ def dvc_commands(cfg: Config, pipeline: dict[str, Stage], paths: Paths, targets:
 def main(argv: Sequence[str] | None = None, root: Path = PROJECT_ROOT) -> int:
     parser = argparse.ArgumentParser(prog="bash scripts/reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("--all", action="store_true", help="every table: dvc.yaml's and extra/dvc.yaml's")
-    parser.add_argument("targets", nargs="*", help="table@NAME (a key of params tables or extra_tables) or DVC targets")
+    parser.add_argument("targets", nargs="*", help="table@NAME (a key of params tables or extra_tables), stage@NAME "
+                                                   "(a stage of a dvc file and what it needs) or DVC targets")
     args = parser.parse_args(argv)
     if args.all and args.targets:
         parser.error("--all builds every table: give it no targets")
