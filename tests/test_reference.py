@@ -302,3 +302,30 @@ def test_the_profile_report_shows_the_reference_beside_its_published_figure(tmp_
     assert "Published: dlib.net." in table and f"- not scored: synth-lfw: {SYNTHETIC}" in table
     assert ReferenceEvaluation.load(tmp_path / "out" / "reference" / "dlib_resnet.json").to_json() == record().to_json()
     assert summary["reference"]["dlib_resnet"]["published"] == {"lfw-view2": 99.38}
+
+
+def test_a_stage_call_adds_its_section_to_an_earlier_collection_and_replaces_its_own(tmp_path):
+    """The committed reports/<profile>/ of an earlier call keep their tables: a stage@reference call (re)writes the
+    reference section, records and summary entry only."""
+    from pipeline.profiles.report import collect
+
+    out = tmp_path / "reports" / "lfw"
+    (out / "eval").mkdir(parents=True)
+    (out / "eval" / "cosface.json").write_text("{}")
+    (out / "table.md").write_text("# The `lfw` profile\n\n| CosFace | 70.00 |\n")
+    (out / "summary.json").write_text(json.dumps({"profile": "lfw", "accuracy": [1]}))
+    work = tmp_path / "work"
+    (work / "params.yaml").parent.mkdir()
+    (work / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
+    record().save(work / "reports" / "metrics" / "reference" / "dlib_resnet.json")
+    run = {"commit": "def5678", "seconds": 540, "cpus": 2, "load_before": "1 1 1", "load_after": "2 2 2",
+           "arguments": "stage@reference", "targets": ["stage@reference"]}
+    for _ in range(2):  # a second call replaces the section, never adds another
+        summary = collect(work, out, "lfw", run)
+    table = (out / "table.md").read_text()
+    assert table.startswith("# The `lfw` profile\n\n| CosFace | 70.00 |\n\n## Reference model")
+    assert table.count("## Reference model") == 1 and table.count("| lfw-view2 |") == 1
+    assert "This section: `bash scripts/reproduce-profile lfw stage@reference` at commit `def5678`, 540 s" in table
+    assert (out / "eval" / "cosface.json").is_file() and (out / "reference" / "dlib_resnet.json").is_file()
+    assert summary["accuracy"] == [1] and summary["reference_run"]["commit"] == "def5678"
+    assert json.loads((out / "summary.json").read_text())["reference"]["dlib_resnet"]["model"] == "dlib_resnet"

@@ -6,8 +6,9 @@ which pair protocols it was scored on and why (data.json), the face-detection ra
 model's 10-fold accuracy (reports/metrics/eval/*.json) and the pretrained reference models' (stage reference:
 reports/metrics/reference/*.json, beside their published figures). The run's own tables and seed-noise reports
 (reports/ for the default run, reports/extra/ for the other tables) are copied beside it, the evaluations into eval/
-and reference/. A call that built stages alone (`stage@NAME`) may find no alignment or evaluation in a new clone:
-table.md then says so.
+and reference/. A call that built stages alone (`stage@NAME`, e.g. stage@reference) adds its reference section to an
+earlier collection, whose tables stay as their call made them; with none, it writes a new one, which says when the
+clone has no alignment or evaluation yet.
 """
 from __future__ import annotations
 
@@ -230,10 +231,16 @@ def tables_line(profile: str, arguments: str, tables: TableStates) -> str:
     return line
 
 
+REFERENCE_HEADING = "\n## Reference model"  # the last section of table.md
+
+
 def collect(work: Path, out: Path, profile: str, run: dict[str, Any]) -> dict[str, Any]:
-    """Write `out` whole or not at all: the copied outputs, table.md and summary.json."""
+    """Write `out` whole or not at all: the copied outputs, table.md and summary.json. A call that built stages alone
+    (no table) into an earlier collection updates its reference section only (`add_references`)."""
     reports = work / "reports"
     tables = table_states(work, config.load(work / "params.yaml", profile), run.get("targets", []))
+    if not tables.built and (out / "table.md").is_file():
+        return add_references(reports, out, profile, run)
     # a call that built a table has aligned and evaluated; one that built stages alone may find neither in a new clone
     built = bool(tables.built)
     data = _read_json(reports / "data.json")
@@ -256,6 +263,30 @@ def collect(work: Path, out: Path, profile: str, run: dict[str, Any]) -> dict[st
                 shutil.copytree(reports / "metrics" / kind, staged / kind)
         write_json_atomic(staged / "summary.json", summary)
         (staged / "table.md").write_text(markdown(profile, run, tables, data, detection, accuracy, references))
+    return summary
+
+
+def add_references(reports: Path, out: Path, profile: str, run: dict[str, Any]) -> dict[str, Any]:
+    """`out` (an earlier collection) with its reference section, records and summary entry replaced by the clone's,
+    the section saying which call made it: the earlier tables stay as their own call made them, at their commit."""
+    references = reference_evaluations(reports / "metrics" / "reference")
+    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    summary.update(reference={evaluation.model: evaluation.to_json() for evaluation in references}, reference_run=run)
+    earlier = (out / "table.md").read_text()
+    kept = earlier.split(REFERENCE_HEADING)[0].rstrip("\n")
+    made = (f"This section: `bash scripts/reproduce-profile {' '.join([profile, run.get('arguments', '')]).strip()}` "
+            f"at commit `{run['commit']}`, {run['seconds']:,} s ({run['seconds'] / 60:.1f} min) wall time on "
+            f"{run['cpus']} CPU(s); load average (1/5/15 min) {run['load_before']} before, {run['load_after']} after. "
+            "The sections above are the earlier collection's, as its call made them.")
+    lines = reference_lines(profile, references)
+    text = "\n".join([kept, *lines[:2], "", made, *lines[2:]]) + "\n"
+    with atomic_path(out) as staged:
+        shutil.copytree(out, staged)
+        shutil.rmtree(staged / "reference", ignore_errors=True)
+        if (reports / "metrics" / "reference").is_dir():
+            shutil.copytree(reports / "metrics" / "reference", staged / "reference")
+        write_json_atomic(staged / "summary.json", summary)
+        (staged / "table.md").write_text(text)
     return summary
 
 
