@@ -162,6 +162,10 @@ class FaceDataset(Dataset):
         """Row number (in `read_metadata` order) of every item."""
         return self._rows
 
+    def sources(self) -> list[str]:
+        """Every item's record `source`, in item order: the stable id that ties it to its original photo."""
+        return [self._sources[i].decode("utf-8") for i in range(len(self))]
+
     def __len__(self) -> int:
         return len(self._labels)
 
@@ -186,23 +190,41 @@ class FaceDataset(Dataset):
         return torch.from_numpy(decode_stack([self._images[i] for i in range(len(self))], self.describe)).permute(0, 3, 1, 2)
 
 
+class WithItems(Dataset):
+    """`dataset`'s items with their item number: (image, label, i), so that a batch says which items it holds
+    (per-item targets, such as a fixed teacher's, are looked up by it)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        image, label = self.dataset[i]
+        return image, label, i
+
+
 class Preloaded:
     """Training batches cut from one decoded uint8 tensor: each image is decoded once per run instead of once per
     step, and a batch is normalised in one operation. Yields what a DataLoader over the same `FaceDataset` and
-    `batch_sampler` yields, bit for bit (`eval_transform` is elementwise)."""
+    `batch_sampler` yields, bit for bit (`eval_transform` is elementwise); with `with_items`, what one over
+    `WithItems(dataset)` yields: each batch's item numbers as a third tensor."""
 
-    def __init__(self, dataset: FaceDataset, batch_sampler: Iterable[list[int]]) -> None:
+    def __init__(self, dataset: FaceDataset, batch_sampler: Iterable[list[int]], with_items: bool = False) -> None:
         if not dataset.normalises_only:
             raise ValueError("Preloaded needs a FaceDataset with the default transform (a random one is per image)")
         self.images = dataset.decode_all().contiguous()
         self.labels = torch.from_numpy(dataset.labels.copy())
         self.batch_sampler = batch_sampler
+        self.with_items = with_items
         self.normalise = eval_transform()
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         for indices in self.batch_sampler:
             rows = torch.as_tensor(indices, dtype=torch.int64)
-            yield self.normalise(self.images[rows]), self.labels[rows]
+            batch = self.normalise(self.images[rows]), self.labels[rows]
+            yield (*batch, rows) if self.with_items else batch
 
 
 def make_loader(

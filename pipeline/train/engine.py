@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pipeline.core.config import TrainConfig
-from pipeline.data.loader import FaceDataset, Preloaded
+from pipeline.data.loader import FaceDataset, Preloaded, WithItems
 from pipeline.core.devices import resolve_device
 from pipeline.core.atomic_io import write_json_atomic
 from pipeline.core.tracking import NullTracker, Tracker
@@ -35,6 +35,22 @@ from pipeline.train.optim import make_optimizer, parameter_groups, step_lr_facto
 
 CurveFn = Callable[[nn.Module], dict[str, float]]
 log = logging.getLogger("facerepro.train")
+
+
+@dataclass(frozen=True)
+class FixedTargets:
+    """A fixed teacher's embedding of every training item, computed once before training (a pretrained model whose
+    input pipeline is not the student's, so it cannot run on the batch): row i is item i's target, and `mask[i]`
+    says whether item i has one (False: that model found no face in its photo, and the item gets no hint)."""
+
+    vectors: torch.Tensor  # (n items, teacher width) float32
+    mask: torch.Tensor  # (n items,) bool
+
+    def __post_init__(self) -> None:
+        n = self.mask.shape[0]
+        if self.vectors.ndim != 2 or self.vectors.shape[0] != n or self.mask.ndim != 1 or self.mask.dtype != torch.bool:
+            raise ValueError(f"fixed targets need (n, d) vectors and an (n,) bool mask, got {tuple(self.vectors.shape)} "
+                             f"and {tuple(self.mask.shape)} {self.mask.dtype}")
 
 
 @dataclass
@@ -48,6 +64,7 @@ class TrainJob:
     embedding_wd_mult: float
     teacher: nn.Module | None = None  # frozen, eval mode: feature distillation target
     distill_weight: float = 0.0
+    targets: FixedTargets | None = None  # or the distillation targets given per training item (not with `teacher`)
     description: dict[str, Any] = field(default_factory=dict)  # what identifies the job (checked on resume)
 
 
@@ -64,9 +81,25 @@ class TrainResult:
     timing: dict[str, float] = field(default_factory=dict)  # LoopClock's parts
 
 
+def hint_distances(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Per sample, ||s/|s| - t/|t|||^2: the hint loss's term (FitNets, Romero et al. 2015, Eq. 3) on unit-normalised
+    embeddings, s the (projected) student's and t the teacher's."""
+    return (F.normalize(student.float(), dim=1) - F.normalize(teacher.float(), dim=1)).pow(2).sum(dim=1)
+
+
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Hint loss on unit-normalised embeddings, ||s/|s| - t/|t|||^2 (FitNets, Romero et al. 2015, Eq. 3)."""
-    return (F.normalize(student.float(), dim=1) - F.normalize(teacher.float(), dim=1)).pow(2).sum(dim=1).mean()
+    """Hint loss on unit-normalised embeddings, mean over the batch of ||s/|s| - t/|t|||^2 (FitNets, Romero et al.
+    2015, Eq. 3)."""
+    return hint_distances(student, teacher).mean()
+
+
+def masked_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The hint loss (FitNets, Romero et al. 2015, Eq. 3, as `distillation_loss`) over the samples that have a
+    teacher embedding (`mask`): the mean of their terms, so a sample without one adds nothing; 0 when none has.
+    Eq. 3's teacher is fixed while the student learns, so its embeddings may as well be computed once beforehand."""
+    terms = hint_distances(student, teacher)
+    chosen = mask.to(device=terms.device, dtype=terms.dtype)
+    return (terms * chosen).sum() / chosen.sum().clamp(min=1.0)
 
 
 class _Projection(nn.Module):
@@ -156,7 +189,7 @@ def _check_sharded(job: TrainJob) -> None:
         raise ValueError("train.grad_clip is not supported with a sharded head (train.shard_head): set it to null")
     if job.train.amp == "fp16":
         raise ValueError("train.amp=fp16 is not supported with a sharded head (train.shard_head): use bf16 or none")
-    if job.teacher is not None:
+    if job.teacher is not None or job.targets is not None:
         raise ValueError(f"{job.name}: distillation is not supported with a sharded head (train.shard_head)")
 
 
@@ -179,18 +212,21 @@ def _state_finite(parameters: list[nn.Parameter], modules: list[nn.Module]) -> b
 PRELOAD_LIMIT_BYTES = 2 << 30  # a decoded training set up to this size is held in memory (the synthetic one: 32 MB)
 
 
-def _batches(dataset: Dataset, sampler: Iterable[list[int]], num_workers: int, device: torch.device) -> Iterable:
+def _batches(
+    dataset: Dataset, sampler: Iterable[list[int]], num_workers: int, device: torch.device, with_items: bool = False
+) -> Iterable:
     """Batches in the sampler's order: without loader workers, a small FaceDataset is decoded once and its batches
-    cut from memory (the same tensors, without decoding every image at every step); else a DataLoader decodes."""
+    cut from memory (the same tensors, without decoding every image at every step); else a DataLoader decodes.
+    `with_items`: each batch also carries its item numbers, (images, labels, items), for per-item targets."""
     if (
         num_workers == 0
         and isinstance(dataset, FaceDataset)
         and dataset.normalises_only
         and dataset.decoded_bytes() <= PRELOAD_LIMIT_BYTES
     ):
-        return Preloaded(dataset, sampler)
+        return Preloaded(dataset, sampler, with_items=with_items)
     return DataLoader(
-        dataset,
+        WithItems(dataset) if with_items else dataset,
         batch_sampler=sampler,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
@@ -212,6 +248,7 @@ class _Run:
     backbone: nn.Module
     head: nn.Module
     teacher: nn.Module | None
+    targets: FixedTargets | None  # on the run's device
     projection: _Projection | None
     outside_ddp: list[nn.Parameter]  # the head's and the projection's: DDP does not reduce their gradients
     trainable: list[nn.Parameter]
@@ -288,8 +325,8 @@ def train(
         if batch is None:
             break
         step_started = time.perf_counter()
-        images, labels = batch
-        taken = _step(run, images, labels)
+        images, labels, *items = batch  # items: with fixed targets, the batch's item numbers
+        taken = _step(run, images, labels, items[0] if items else None)
         if taken is None:
             break
         progress.update()
@@ -329,7 +366,7 @@ def _setup(job: TrainJob, dataset: Dataset, out_dir: Path, tracker: Tracker) -> 
     torch.manual_seed(job.seed)
     backbone = job.backbone.to(device=device, memory_format=memory_format)
     head = job.head.to(device)
-    teacher, projection = _distillation_parts(job, dataset, backbone, device, memory_format)
+    teacher, targets, projection = _distillation_parts(job, dataset, backbone, device, memory_format)
     outside_ddp = [*head.parameters(), *(projection.parameters() if projection is not None else [])]
     wd, wd_mult = job.weight_decay, job.embedding_wd_mult
     groups = parameter_groups(backbone, backbone.embedding_layers(), outside_ddp, wd, wd_mult)
@@ -343,6 +380,7 @@ def _setup(job: TrainJob, dataset: Dataset, out_dir: Path, tracker: Tracker) -> 
         backbone=backbone,
         head=head,
         teacher=teacher,
+        targets=targets,
         projection=projection,
         outside_ddp=outside_ddp,
         trainable=[p for g in groups for p in g["params"]],
@@ -354,17 +392,26 @@ def _setup(job: TrainJob, dataset: Dataset, out_dir: Path, tracker: Tracker) -> 
 
 def _distillation_parts(
     job: TrainJob, dataset: Dataset, backbone: nn.Module, device: torch.device, memory_format: torch.memory_format
-) -> tuple[nn.Module | None, _Projection | None]:
-    """The frozen teacher on the device and a fresh projection from the student's width to the teacher's (widths
-    probed on one blank image of the dataset's size); (None, None) without a teacher."""
-    if job.teacher is None:
-        return None, None
-    teacher = job.teacher.to(device=device, memory_format=memory_format).eval().requires_grad_(False)
+) -> tuple[nn.Module | None, FixedTargets | None, _Projection | None]:
+    """The frozen teacher or the fixed targets on the device, and a fresh projection from the student's width to the
+    teacher's (widths probed on one blank image of the dataset's size); all None without either."""
+    if job.teacher is not None and job.targets is not None:
+        raise ValueError(f"{job.name}: a job distils from a teacher model or from fixed targets, not both")
+    if job.teacher is None and job.targets is None:
+        return None, None, None
     with torch.no_grad():
         probe = torch.zeros(1, 3, *dataset[0][0].shape[-2:], device=device)
         student_dim = backbone.eval()(probe).shape[1]
+    if job.targets is not None:
+        if len(job.targets.mask) != len(dataset):
+            raise ValueError(f"{job.name}: {len(job.targets.mask)} fixed targets for a training set of {len(dataset)} "
+                             "items (one per item, in item order)")
+        targets = FixedTargets(job.targets.vectors.to(device=device, dtype=torch.float32), job.targets.mask.to(device))
+        return None, targets, _Projection(student_dim, targets.vectors.shape[1]).to(device)
+    teacher = job.teacher.to(device=device, memory_format=memory_format).eval().requires_grad_(False)
+    with torch.no_grad():
         teacher_dim = teacher(probe).shape[1]
-    return teacher, _Projection(student_dim, teacher_dim).to(device)
+    return teacher, None, _Projection(student_dim, teacher_dim).to(device)
 
 
 def _resume(run: _Run) -> None:
@@ -393,16 +440,17 @@ def _start_loop(run: _Run, dataset: Dataset) -> Iterator[Sequence[torch.Tensor]]
     run.model = distributed.wrap_backbone(run.backbone, run.ctx, run.device, sum_gradients=run.sharded)
     run.model = compile_for_training(run.model, cfg.compile)
     sampler = distributed.batch_sampler(len(dataset), cfg.batch_size, run.job.seed, run.step, cfg.iterations, run.ctx)
-    loader = _batches(dataset, sampler, cfg.num_workers, run.device)
+    loader = _batches(dataset, sampler, cfg.num_workers, run.device, with_items=run.targets is not None)
     run.segment_started = time.perf_counter()
     run.backbone.train()
     run.head.train()
     return iter(loader)
 
 
-def _step(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> _StepTaken | None:
+def _step(run: _Run, images: torch.Tensor, labels: torch.Tensor, items: torch.Tensor | None = None) -> _StepTaken | None:
     """One optimisation step at `run.step`: the schedule's learning rate, the step's flips, forward, backward and
-    update. None, with the run marked diverged at this step, where the loss or a gradient is not finite on a rank."""
+    update. None, with the run marked diverged at this step, where the loss or a gradient is not finite on a rank.
+    `items`: the batch's item numbers, where the run distils toward fixed targets."""
     cfg = run.job.train
     lr = cfg.lr * step_lr_factor(run.step, cfg.iterations, cfg.lr_milestones, cfg.lr_gamma, cfg.warmup_iterations)
     for group in run.optimizer.param_groups:
@@ -412,7 +460,7 @@ def _step(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> _StepTaken |
         images = torch.where(mask[:, None, None, None], images.flip(-1), images)
     images = images.to(run.device, non_blocking=True).contiguous(memory_format=run.memory_format)
     labels = labels.to(run.device, non_blocking=True)
-    loss, correct = _forward(run, images, labels)
+    loss, correct = _forward(run, images, labels, items)
     run.optimizer.zero_grad(set_to_none=True)
     if not _backward(run, loss):
         _diverge(run, run.step)
@@ -423,8 +471,12 @@ def _step(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> _StepTaken |
     return _StepTaken(loss, correct, images.shape[0], lr)
 
 
-def _forward(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's loss (plus the weighted hint loss when distilling) and the share it classifies right."""
+def _forward(
+    run: _Run, images: torch.Tensor, labels: torch.Tensor, items: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's loss (plus the weighted hint loss when distilling) and the share it classifies right. Fixed targets
+    are each item's original photo's embedding, whether or not the step flipped the image (a face descriptor is
+    meant to be the same for a mirrored face)."""
     with _autocast(run.device, run.job.train.amp):
         embeddings = run.model(images)
         if run.sharded:  # the global batch's loss and accuracy, softmax reduced across ranks
@@ -438,6 +490,13 @@ def _forward(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> tuple[tor
             with torch.no_grad():
                 target = run.teacher(images)
             loss = loss + run.job.distill_weight * distillation_loss(run.projection(embeddings.float()), target)
+        elif run.targets is not None and run.projection is not None:
+            if items is None:
+                raise ValueError(f"{run.job.name}: fixed targets need each batch's item numbers")
+            rows = items.to(run.device, non_blocking=True)
+            hint = masked_distillation_loss(run.projection(embeddings.float()), run.targets.vectors[rows],
+                                            run.targets.mask[rows])
+            loss = loss + run.job.distill_weight * hint
     return loss, correct
 
 
