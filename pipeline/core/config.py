@@ -292,6 +292,26 @@ class Config(Section):
             raise ValueError(f"distill.student_row {student!r} is not a key of rows{moved}")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _reference_replaces_teacher(cls, data: Any) -> Any:
+        # With distill.reference_teacher the student's teacher is a pretrained model, not the `teacher` recipe: no
+        # teacher is trained, so a table's `teacher` row is left out (the student's label names the reference) and
+        # the table shows the students alone; a table that compares with the teacher cannot be built, and says so
+        if not isinstance(data, dict) or not (data.get("distill") or {}).get("reference_teacher"):
+            return data
+        tables = dict(data.get("tables") or {})
+        for name, spec in tables.items():
+            if not isinstance(spec, dict) or TEACHER not in (spec.get("rows") or {}):
+                continue
+            compared = [spec.get("baseline"), *(n for pair in spec.get("compare") or [] for n in pair)]
+            if TEACHER in compared:
+                key = "tables" if name in (data.get("default_tables") or []) else "extra_tables"
+                raise ValueError(f"{key}.{name} compares with {TEACHER!r}, but distill.reference_teacher "
+                                 f"{data['distill']['reference_teacher']!r} replaces the trained teacher")
+            tables[name] = {**spec, "rows": {k: v for k, v in spec["rows"].items() if k != TEACHER}}
+        return {**data, "tables": tables}
+
     @model_validator(mode="after")
     def _reference_teacher_exists(self) -> Config:
         teacher = self.distill.reference_teacher
@@ -335,8 +355,14 @@ class Config(Section):
         return [PRETRAIN, *self.default_rows]
 
     def evaluated_models(self) -> list[str]:
-        """Every model that is evaluated and may stand in a table: pre-training, the rows, teacher and student."""
-        return [PRETRAIN, *self.rows, *([TEACHER, STUDENT] if self.distill.enabled else [])]
+        """Every model that is evaluated and may stand in a table: pre-training, the rows, teacher and student (no
+        teacher where distill.reference_teacher names a pretrained one: it is not trained here)."""
+        distilled = [*self.trained_teacher(), STUDENT] if self.distill.enabled else []
+        return [PRETRAIN, *self.rows, *distilled]
+
+    def trained_teacher(self) -> list[str]:
+        """[TEACHER] where the distillation trains its teacher; [] where distill.reference_teacher replaces it."""
+        return [TEACHER] if self.distill.enabled and self.distill.reference_teacher is None else []
 
     def tables_showing(self, model: str) -> list[str]:
         """The tables that show `model`, in params order."""

@@ -44,6 +44,12 @@ class Paths:
         """A reference model's descriptors and pair scores (pipeline.reference)."""
         return self.root / "data" / "reference" / name
 
+    @property
+    def reference_targets(self) -> Path:
+        """Stage distill's descriptors of the training photos by a reference teacher, <model>.parquet (one per model
+        used), and summary.json (which one the last run used, or none)."""
+        return self.root / "data" / "reference_targets"
+
     def eval_dir(self, name: str) -> Path:
         return self.root / "data" / "eval" / name
 

@@ -26,9 +26,13 @@ class Recipe:
     cleaned: bool = True  # trained on the cleaning manifest's kept images
     teacher: str | None = None
     distill_weight: float = 0.0
+    # a key of params reference.models: hints toward that pretrained model's cached descriptors (no trained teacher)
+    reference_teacher: str | None = None
 
     def description(self, seed: int, crop_size: int, batch_size: int, scale: float) -> dict:
-        """Everything that identifies the trained weights; a checkpoint of another description is refused."""
+        """Everything that identifies the trained weights; a checkpoint of another description is refused. (Which
+        descriptors a reference teacher gave is added by pipeline.experiment.runs.training_identity.)"""
+        reference = {"reference_teacher": self.reference_teacher} if self.reference_teacher is not None else {}
         return {
             "recipe": self.name,
             "backbone": self.backbone,
@@ -47,6 +51,7 @@ class Recipe:
             "crop_size": crop_size,
             "batch_size": batch_size,
             "scale": scale,
+            **reference,
         }
 
 
@@ -101,6 +106,13 @@ def recipes(cfg: Config) -> dict[str, Recipe]:
     if cfg.distill.enabled:
         distill = cfg.distill
         student_of = found[distill.student_row]
+        if distill.reference_teacher is not None:  # a pretrained teacher: nothing to train but the student
+            reference = cfg.reference.models[distill.reference_teacher]
+            found[STUDENT] = Recipe(**{**student_of.__dict__, "name": STUDENT,
+                                       "label": f"{student_of.label} + distillation from {reference.label}",
+                                       "reference_teacher": distill.reference_teacher,
+                                       "distill_weight": distill.weight})
+            return found
         found[TEACHER] = Recipe(
             name=TEACHER,
             label=f"teacher: {distill.teacher_backbone} {distill.teacher_embedding_size}-d + {distill.teacher_head}",

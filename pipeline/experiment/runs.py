@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,10 +27,27 @@ from pipeline.heads.sharded import ShardedMarginHead
 from pipeline.train import checkpoint, distributed
 from pipeline.train.distributed import DistContext
 from pipeline.train.compilation import effective_compile_mode
-from pipeline.train.engine import MODEL_ONLY_META, ModelBlewUp, TrainJob, TrainResult, finished, resumable, train
+from pipeline.train.engine import (
+    MODEL_ONLY_META, FixedTargets, ModelBlewUp, TrainJob, TrainResult, finished, resumable, train,
+)
 
 
 log = logging.getLogger("facerepro.train")
+
+
+@dataclass(frozen=True)
+class ReferenceHints:
+    """A pretrained reference model's descriptors of the training photos, computed once (pipeline.reference.teacher):
+    what a recipe with a `reference_teacher` is hinted toward instead of a trained teacher's embeddings."""
+
+    identity: dict[str, Any]  # the model, its describer settings and a digest of the descriptors: in the training identity
+    lookup: Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]  # sources -> (vectors, has-a-target mask)
+
+    def targets(self, sources: Sequence[str]) -> FixedTargets:
+        """The targets of training items whose record sources are `sources`, in that order."""
+        vectors, found = self.lookup(sources)
+        return FixedTargets(torch.from_numpy(np.asarray(vectors, dtype=np.float32)),
+                            torch.from_numpy(np.asarray(found, dtype=bool)))
 
 
 def seed_dir(paths: Paths, name: str, seed: int) -> Path:
@@ -156,11 +176,13 @@ def records_digest(records_dir: Path) -> str:
 
 
 def training_identity(
-    cfg: Config, paths: Paths, recipe: Recipe, seed: int, train_cfg: TrainConfig, device: torch.device
+    cfg: Config, paths: Paths, recipe: Recipe, seed: int, train_cfg: TrainConfig, device: torch.device,
+    hints: ReferenceHints | None = None,
 ) -> dict:
     """Everything that changes the trained weights: the recipe, every training parameter, the compile mode in
-    effect, the device type, the training data and cleaning manifest, the weights it starts from or learns from,
-    and the code of the training path. A checkpoint of another identity is never resumed."""
+    effect, the device type, the training data and cleaning manifest, the weights it starts from or learns from (a
+    reference teacher: its model, settings and descriptors), and the code of the training path. A checkpoint of
+    another identity is never resumed."""
     train_fields = {k: v for k, v in train_cfg.model_dump().items() if k not in NOT_IN_IDENTITY}
     train_fields["compile"] = effective_compile_mode(train_cfg.compile)
     identity = {
@@ -175,6 +197,12 @@ def training_identity(
         identity["init_weights"] = file_digest(seed_dir(paths, PRETRAIN, seed) / "model.pt")
     if recipe.teacher is not None:
         identity["teacher_weights"] = file_digest(seed_dir(paths, recipe.teacher, seed) / "model.pt")
+    if (recipe.reference_teacher is None) != (hints is None):
+        raise ValueError(f"{recipe.name}: " + (
+            f"distils from reference model {recipe.reference_teacher!r}: its descriptors of the training photos are "
+            "needed (stage distill computes them)" if hints is None else "no reference teacher, yet hints were given"))
+    if hints is not None:
+        identity["reference_teacher_targets"] = hints.identity
     return identity
 
 
@@ -201,14 +229,17 @@ def start_tracker(cfg: Config, paths: Paths, recipe: Recipe, seed: int, identity
     )
 
 
-def train_recipe(cfg: Config, paths: Paths, name: str, seed: int, stop_after: int | None = None) -> TrainResult | None:
+def train_recipe(
+    cfg: Config, paths: Paths, name: str, seed: int, stop_after: int | None = None, hints: ReferenceHints | None = None
+) -> TrainResult | None:
     """Train one seed of a recipe, resuming its checkpoint of this very identity; None, with nothing trained, tracked
-    or written, when the seed's final model of this identity is already there (a seed added to `seeds` trains alone)."""
+    or written, when the seed's final model of this identity is already there (a seed added to `seeds` trains alone).
+    `hints`: a reference teacher's descriptors, for a recipe that distils from one."""
     recipe = recipes(cfg)[name]
     out_dir = seed_dir(paths, name, seed)
     ctx, device = distributed.setup(resolve_device(cfg.train.device))
     train_cfg = cfg.train.model_copy(update={"iterations": recipe.iterations, "warmup_iterations": recipe.warmup_iterations})
-    description = training_identity(cfg, paths, recipe, seed, train_cfg, device)
+    description = training_identity(cfg, paths, recipe, seed, train_cfg, device, hints)
     if finished(out_dir, description):
         log.info("%s seed %d: already trained with this identity (%s), not trained again", name, seed, out_dir)
         return None
@@ -237,6 +268,7 @@ def train_recipe(cfg: Config, paths: Paths, name: str, seed: int, stop_after: in
         embedding_wd_mult=recipe.embedding_wd_mult,
         teacher=teacher,
         distill_weight=recipe.distill_weight,
+        targets=hints.targets(dataset.sources()) if hints is not None else None,
         description=description,
     )
     resuming = resumable(out_dir, description)  # judged once: train() would otherwise judge (and log) it again
