@@ -14,7 +14,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline.core import stage
-from pipeline.core.config import Config
+from pipeline.core.config import TEACHER, Config
 from pipeline.data.heldout.scoring import Scoring
 from pipeline.data.identification_sets import IdentificationSet, read_identification_set
 from pipeline.data.loader import load_benchmark_arrays
@@ -33,6 +33,8 @@ from pipeline.core.tracking import MlflowTracker, Store, finished_seed_run, guar
 
 
 def run(cfg: Config, paths: Paths, model: str) -> ModelEvaluation:
+    if model == TEACHER and cfg.distill.enabled and not cfg.trained_teacher():
+        return _no_trained_teacher(cfg, paths)
     recipe = recipes(cfg).get(model)
     if recipe is None:
         raise KeyError(f"model {model!r} is not trained by this profile; known: {', '.join(recipes(cfg))}")
@@ -68,6 +70,17 @@ def run(cfg: Config, paths: Paths, model: str) -> ModelEvaluation:
         frame = pd.concat(per_pair, ignore_index=True) if per_pair else pd.DataFrame(columns=reuse.PAIR_COLUMNS)
         frame.to_parquet(staged, index=False)
     evaluation.save(paths.metrics("eval", model))
+    return evaluation
+
+
+def _no_trained_teacher(cfg: Config, paths: Paths) -> ModelEvaluation:
+    """An evaluation without seeds (extra/dvc.yaml evaluates `teacher` either way): distill.reference_teacher names a
+    pretrained teacher, which is not trained here (the reference stage scores it)."""
+    label = f"no trained teacher: distill.reference_teacher is {cfg.distill.reference_teacher}"
+    evaluation = ModelEvaluation(model=TEACHER, label=label, flip=cfg.evaluate.flip, seeds={})
+    with atomic_path(paths.eval_dir(TEACHER) / "pairs.parquet") as staged:
+        pd.DataFrame(columns=reuse.PAIR_COLUMNS).to_parquet(staged, index=False)
+    evaluation.save(paths.metrics("eval", TEACHER))
     return evaluation
 
 

@@ -16,7 +16,7 @@ import json
 
 from pipeline.core import stage
 from pipeline.core.atomic_io import atomic_path, write_text_atomic
-from pipeline.core.config import Config
+from pipeline.core.config import TEACHER, Config
 from pipeline.core.dependencies import stale_evaluation_inputs
 from pipeline.core.paths import Paths
 from pipeline.experiment.preflight import check, this_machine
@@ -35,7 +35,8 @@ def run(cfg: Config, paths: Paths) -> None:
                          "--write")
     with atomic_path(paths.evaluation_plan_dir) as staged:
         staged.mkdir()
-        for model in cfg.evaluated_models():
+        # extra/dvc.yaml evaluates the teacher even where a reference model replaces it (stage evaluate says so)
+        for model in dict.fromkeys([*cfg.evaluated_models(), *([TEACHER] if cfg.distill.enabled else [])]):
             (staged / f"{model}.json").write_text(json.dumps({"protocols": cfg.protocols_for(model)}) + "\n")
     write_text_atomic(paths.reports / "params_valid.txt", MARKER)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.atomic_io import atomic_path
-from pipeline.core.config import Config, TableConfig
+from pipeline.core.config import STUDENT, Config, TableConfig
 from pipeline.evaluate.record import IdentificationFigures, ModelEvaluation, PairFigures
 from pipeline.evaluate.significance import holm_bonferroni
 from pipeline.core.paths import Paths
@@ -338,6 +338,8 @@ def document(cfg: Config, spec: TableConfig, result: TableResult, ev: Evaluation
         "",
         markdown(result.frame, result.benchmarks, list(spec.paper_columns.values())),
     ]
+    if STUDENT in spec.rows and cfg.distill.reference_teacher is not None:
+        lines += [reference_teacher_note(cfg), ""]
     if spec.group_gap:
         lines += [
             f"Between groups ({', '.join(spec.group_gap)}: identities drawn from differently shifted populations, "
@@ -365,6 +367,18 @@ def document(cfg: Config, spec: TableConfig, result: TableResult, ev: Evaluation
             "",
         ]
     return "\n".join(lines)
+
+
+def reference_teacher_note(cfg: Config) -> str:
+    """What the student learnt from where distill.reference_teacher names a pretrained teacher (no teacher row)."""
+    name = cfg.distill.reference_teacher
+    return (
+        f"The student's teacher is {cfg.reference.models[name].label} (params reference.models.{name}), a pretrained "
+        "model: it is not trained here, so the table has no teacher row (the reference stage scores it). Its "
+        "descriptors of the training photos, computed once from the original photos with its own detector and face "
+        "chip (data/reference_targets, pipeline/reference/teacher.py), are the student's hint targets (weight "
+        f"distill.weight = {cfg.distill.weight}); a photo in which it found no face gives no hint."
+    )
 
 
 def _identification_note(benchmarks: list[str], ev: Evaluations) -> str:
