@@ -30,6 +30,7 @@ import math
 import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -263,9 +264,10 @@ class Table3Truth:
     pair_sd: NDArray[np.float64]
 
 
-def table3_truth(layout: Layout) -> Table3Truth:
-    cells = pd.read_csv(PROJECT_ROOT / "reports" / "table3.csv")
-    tests = pd.read_csv(PROJECT_ROOT / "reports" / "table3_tests.csv")
+def table3_truth(layout: Layout, reports: Path = PROJECT_ROOT / "reports") -> Table3Truth:
+    """Table 3's seed SDs, differences and pair SDs as `reports`' table3.csv and table3_tests.csv give them."""
+    cells = pd.read_csv(reports / "table3.csv")
+    tests = pd.read_csv(reports / "table3_tests.csv")
     names = layout.names
     cells = cells.set_index("model").loc[list(names)]
     row_sd = cells[[f"{b} seed sd" for b in BENCHMARKS]].to_numpy() / 100
