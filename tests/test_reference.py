@@ -80,6 +80,23 @@ def cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
+def logit_interval(per_fold: np.ndarray, pairs: int) -> tuple[float, float]:
+    """The interval computed here from its definition: scipy's t half width over the folds (at least z x the binomial
+    SD of `pairs` judgements at Cox's empirical-logit rate), carried onto the logit scale by the delta method around
+    Cox's empirical logit, mapped back and widened to hold the mean."""
+    from scipy import special, stats
+
+    rate = per_fold.mean() / 100
+    t_half = (stats.t.interval(0.95, df=9, loc=0, scale=stats.sem(per_fold / 100))[1]
+              if per_fold.std() > 0 else 0.0)
+    floor_rate = (rate * pairs + 0.5) / (pairs + 1)
+    half = max(t_half, stats.norm.ppf(0.975) * np.sqrt(floor_rate * (1 - floor_rate) / pairs))
+    centre = np.log((rate * pairs + 0.5) / (pairs - rate * pairs + 0.5))
+    p = special.expit(centre)
+    low, high = special.expit(centre - half / (p * (1 - p))), special.expit(centre + half / (p * (1 - p)))
+    return 100 * min(low, rate), 100 * max(high, rate)
+
+
 @pytest.mark.parametrize("case", list(cases()))
 def test_figures_match_a_brute_force_search_scipy_and_sklearn(case):
     from scipy import stats
@@ -91,12 +108,8 @@ def test_figures_match_a_brute_force_search_scipy_and_sklearn(case):
     assert figures.accuracy == pytest.approx(per_fold.mean())
     assert figures.accuracy_std == pytest.approx(per_fold.std(ddof=0))
     assert figures.fold_thresholds == pytest.approx(thresholds)
-    if per_fold.std() > 0:
-        low, high = stats.t.interval(0.95, df=9, loc=per_fold.mean(), scale=stats.sem(per_fold))
-    else:
-        low = high = per_fold.mean()
-    assert (figures.ci_low, figures.ci_high) == pytest.approx((low, high))
-    assert figures.ci_low <= figures.accuracy <= figures.ci_high
+    assert (figures.ci_low, figures.ci_high) == pytest.approx(logit_interval(per_fold, distances.size))
+    assert 0.0 <= figures.ci_low <= figures.accuracy <= figures.ci_high <= 100.0
     assert figures.accuracy_at_published_threshold == pytest.approx(100 * accuracy_score(same, distances < 0.6))
     for far in FARS:
         wanted = brute_force_tar(distances, same, far) if same.any() else math.nan
@@ -107,7 +120,8 @@ def test_figures_match_a_brute_force_search_scipy_and_sklearn(case):
 def test_the_edges_say_what_they_should():
     _, same = cases()["separated"]
     separated = score_protocol(cases()["separated"][0], same, 10, 2, 2, FARS)
-    assert separated.accuracy == 100.0 and separated.accuracy_std == 0.0 and separated.ci_low == separated.ci_high
+    assert separated.accuracy == 100.0 and separated.accuracy_std == 0.0 and separated.ci_high == 100.0
+    assert separated.ci_low < 100.0  # 100% of a few pairs is not certainty: the binomial floor keeps a width
     assert all(0.4 <= t <= 0.8 for t in separated.fold_thresholds)  # between the two groups
     everyone = score_protocol(cases()["all same"][0], cases()["all same"][1], 10, 2, 2, FARS)
     assert everyone.accuracy == 100.0 and everyone.fold_thresholds == (math.inf,) * 10

@@ -35,8 +35,8 @@ class ProtocolFigures:
 
     accuracy: mean over the folds of held-out accuracy, each fold's threshold chosen on the other folds (exact search,
     pipeline.evaluate.verification.fold_predictions); accuracy_std: their population std (ddof=0), as the project and
-    the LFW tools print it; ci_low/ci_high: the 95% interval of that mean, mean +- t(0.975; folds - 1) * s / sqrt(folds)
-    with s the sample std over folds (ddof=1), the folds taken as independent draws (Student 1908); fold_thresholds:
+    the LFW tools print it; ci_low/ci_high: the 95% interval of that mean (fold_interval: t over the folds, at least the
+    pairs' binomial floor, on the logit scale so it stays within 0-100); fold_thresholds:
     fold k's threshold in distance units (same when distance < threshold; inf: every pair "same", -inf: none);
     accuracy_at_published_threshold: every pair judged "same" when its distance is below dlib's 0.6; tar_at_far: FAR
     (as `f"{far:g}"`) -> TAR in [0, 1], NaN where too few different pairs reach that FAR."""
@@ -136,17 +136,22 @@ def _protocol(at: _Field, raw: Any) -> ProtocolFigures:
 # --- scoring ---------------------------------------------------------------------------------------------------
 
 
-def fold_interval(per_fold: ArrayLike, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """The two-sided `confidence` interval of the mean of `per_fold`: mean +- t(1 - a/2; n - 1) * s / sqrt(n), s the
-    sample std (ddof=1) (Student 1908; the folds taken as independent draws)."""
+def fold_interval(per_fold: ArrayLike, pairs: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The two-sided `confidence` interval (%) of the mean of `per_fold` (%): half width t(1 - a/2; n - 1) * s /
+    sqrt(n), s the sample std (ddof=1) (Student 1908; the folds taken as independent draws), at least the binomial
+    floor of `pairs` judgements, mapped through the logit scale so that it stays within 0-100 (the table cells' rule:
+    pipeline.reporting.run_statistics.rate_interval and binomial_floor)."""
     from scipy.stats import t  # here: scipy costs a second at import, and only the stage scores
 
-    values = np.asarray(per_fold, dtype=np.float64)
+    from pipeline.reporting.run_statistics import binomial_floor, rate_interval
+
+    values = np.asarray(per_fold, dtype=np.float64) / 100.0
     if values.ndim != 1 or values.size < 2:
         raise ValueError(f"an interval over folds needs at least 2 folds, got {values.size}")
     mean = float(values.mean())
     half = float(t.ppf(0.5 + confidence / 2.0, values.size - 1)) * float(values.std(ddof=1)) / math.sqrt(values.size)
-    return mean - half, mean + half
+    low, high = rate_interval(mean, max(half, binomial_floor(mean, pairs, 1.0 - confidence)), pairs)
+    return 100.0 * low, 100.0 * high
 
 
 def score_protocol(
@@ -170,7 +175,7 @@ def score_protocol(
     predicted, score_thresholds = fold_predictions(-d, y, folds)  # scores: higher = more alike
     right = predicted == y
     per_fold = 100.0 * np.array([right[start:stop].mean() for start, stop in fold_bounds(d.size, folds)])
-    low, high = fold_interval(per_fold)
+    low, high = fold_interval(per_fold, int(d.size))
     if y.any():
         tar = {f"{far:g}": value for far, value in tar_at_far(-d, y, fars).items()}
     else:  # TAR is undefined without a "same" pair
