@@ -89,8 +89,9 @@ def reference_lines(profile: str, evaluations: list[ReferenceEvaluation]) -> lis
              "Each photo described by the model with its own detector, landmarks and crop of the original photo; "
              "pairs scored by the same 10-fold procedure as the trained models (each fold's threshold chosen on the "
              "other folds), on descriptor distances. The interval is the 95% t interval of the mean over the folds. A photo "
-             "without a detection is described from its central square (the fallback box). Trained elsewhere and on "
-             "none of this run's training photos, it is scored on LFW View 2 too, unlike the trained rows.", ""]
+             "without a detection is described from its central square (the fallback box). Not trained by this project "
+             "(so never on the profile's LFW DevTrain photos), it is scored on LFW View 2 too, unlike the trained "
+             "rows.", ""]
     if not evaluations:
         return lines[:3] + [f"Stage reference has not run in this clone: `bash scripts/reproduce-profile {profile} "
                             "stage@reference` runs it (the default run does too)."]
