@@ -88,7 +88,8 @@ def reference_lines(profile: str, evaluations: list[ReferenceEvaluation]) -> lis
     lines = ["", "## Reference model (pretrained, not trained here)", "",
              "Each photo described by the model with its own detector, landmarks and crop of the original photo; "
              "pairs scored by the same 10-fold procedure as the trained models (each fold's threshold chosen on the "
-             "other folds), on descriptor distances. The interval is the 95% t interval of the mean over the folds. A photo "
+             "other folds), on descriptor distances. The interval is the 95% interval of that mean (t over the folds, at "
+             "least the pairs' binomial floor, on the logit scale so that it stays within 0-100). A photo "
              "without a detection is described from its central square (the fallback box). Not trained by this project "
              "(so never on the profile's LFW DevTrain photos), it is scored on LFW View 2 too, unlike the trained "
              "rows.", ""]
