@@ -6,7 +6,6 @@ the field of anything missing or malformed."""
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.atomic_io import write_json_atomic
+from pipeline.core.json_fields import JsonField
 
 PAIR_FIGURES = (
     "accuracy", "accuracy_std", "accuracy_flip", "accuracy_flip_std",
@@ -132,7 +132,7 @@ class ModelEvaluation:
     @classmethod
     def from_json(cls, raw: Any, source: str) -> ModelEvaluation:
         """The record of a parsed file; `source` (the file) names where a missing or bad field was found."""
-        top = _Field(source)
+        top = JsonField(source, "the evaluation")
         fields = top.fields(raw, ("model", "label", "flip", "seeds"))
         at_seeds = top.child("seeds")
         seeds = {}
@@ -154,10 +154,10 @@ class ModelEvaluation:
 
 def benchmark_figures(metrics: Mapping[str, Any], source: str) -> BenchmarkFigures:
     """A protocol's flat figures (its scorer's `to_metrics()`, or the file's): identification when they hold `rank1`."""
-    return _benchmark(_Field(source), metrics)
+    return _benchmark(JsonField(source, "the evaluation"), metrics)
 
 
-def _seed(at: _Field, raw: Any) -> SeedEvaluation:
+def _seed(at: JsonField, raw: Any) -> SeedEvaluation:
     fields = at.fields(raw, ("diverged_at_step", "train", "benchmarks"), optional=("timing", "key", "pairs_digest"))
     diverged, at_benchmarks = fields["diverged_at_step"], at.child("benchmarks")
     return SeedEvaluation(
@@ -171,7 +171,7 @@ def _seed(at: _Field, raw: Any) -> SeedEvaluation:
     )
 
 
-def _key(at: _Field, raw: Any) -> EvaluationKey:
+def _key(at: JsonField, raw: Any) -> EvaluationKey:
     fields = at.fields(raw, ("weights", "settings", "protocols", "code"))
     at_protocols = at.child("protocols")
     return EvaluationKey(
@@ -182,14 +182,14 @@ def _key(at: _Field, raw: Any) -> EvaluationKey:
     )
 
 
-def _timing(at: _Field, raw: Any) -> EvaluationTiming:
+def _timing(at: JsonField, raw: Any) -> EvaluationTiming:
     fields = at.fields(raw, ("seconds", "images", "forward_passes"))
     return EvaluationTiming(seconds=at.child("seconds").number(fields["seconds"]),
                             images=at.child("images").integer(fields["images"]),
                             forward_passes=at.child("forward_passes").integer(fields["forward_passes"]))
 
 
-def _benchmark(at: _Field, raw: Any) -> BenchmarkFigures:
+def _benchmark(at: JsonField, raw: Any) -> BenchmarkFigures:
     metrics = at.object(raw)
     identification = "rank1" in metrics
     tar, rank1_at, named = {}, {}, {}
@@ -215,62 +215,3 @@ def _far(key: str) -> float | None:
         return float(found[1]) if found else None
     except ValueError:
         return None
-
-
-@dataclass(frozen=True)
-class _Field:
-    """Where a value sits (the file and its dotted field path), so that a bad one is named in one line."""
-    source: str
-    path: str = ""
-
-    def child(self, key: str) -> _Field:
-        return _Field(self.source, f"{self.path}.{key}" if self.path else key)
-
-    def error(self, problem: str) -> ValueError:
-        return ValueError(f"{self.source}: {f'field {self.path}' if self.path else 'the evaluation'} {problem}")
-
-    def fields(
-        self, raw: Any, required: tuple[str, ...], optional: tuple[str, ...] = (), also: str = ""
-    ) -> dict[str, Any]:
-        """`raw` as an object with every required field and none the layout does not name (`also` names the
-        patterned keys the caller took out before)."""
-        found = self.object(raw)
-        missing = [key for key in required if key not in found]
-        if missing:
-            raise self.child(missing[0]).error("is missing")
-        unknown = [key for key in found if key not in required and key not in optional]
-        if unknown:
-            known = ", ".join([*required, *optional, *([also] if also else [])])
-            raise self.child(unknown[0]).error(f"is not a field of this layout (known: {known})")
-        return found
-
-    def object(self, raw: Any) -> dict[str, Any]:
-        if not isinstance(raw, dict):
-            raise self.error(f"is {_shown(raw)}, not an object")
-        return raw
-
-    def number(self, raw: Any) -> float:
-        if raw is None:
-            return math.nan  # how the file writes a NaN (strict JSON)
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-            raise self.error(f"is {_shown(raw)}, not a number")
-        return float(raw)
-
-    def integer(self, raw: Any) -> int:
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            raise self.error(f"is {_shown(raw)}, not an integer")
-        return raw
-
-    def text(self, raw: Any) -> str:
-        if not isinstance(raw, str):
-            raise self.error(f"is {_shown(raw)}, not a string")
-        return raw
-
-    def flag(self, raw: Any) -> bool:
-        if not isinstance(raw, bool):
-            raise self.error(f"is {_shown(raw)}, not true or false")
-        return raw
-
-
-def _shown(raw: Any) -> str:
-    return json.dumps(raw, default=repr)[:40]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from pipeline.core.atomic_io import write_json_atomic
+from pipeline.core.json_fields import JsonField
 from pipeline.evaluate.verification import fold_bounds, fold_predictions, tar_at_far
 from pipeline.reference.descriptors import DescriberSettings
 from pipeline.reference.dlib_resnet import PUBLISHED_THRESHOLD
@@ -100,7 +101,7 @@ class ReferenceEvaluation:
 
 def from_json(raw: Any, source: str) -> ReferenceEvaluation:
     """The record of a parsed file; `source` (the file) names where a missing or bad field was found."""
-    top = _Field(source)
+    top = JsonField(source, "the reference evaluation")
     found = top.fields(raw, [f.name for f in fields(ReferenceEvaluation)])
     settings = top.child("settings").object(found["settings"])
     names = [f.name for f in fields(DescriberSettings)]
@@ -119,7 +120,7 @@ def from_json(raw: Any, source: str) -> ReferenceEvaluation:
     )
 
 
-def _protocol(at: _Field, raw: Any) -> ProtocolFigures:
+def _protocol(at: JsonField, raw: Any) -> ProtocolFigures:
     found = at.fields(raw, [f.name for f in fields(ProtocolFigures)])
     integers = {name: at.child(name).integer(found[name]) for name in ("pairs", "photos", "photos_detected", "folds")}
     numbers = {name: at.child(name).number(found[name]) for name in
@@ -198,65 +199,10 @@ def _threshold_json(value: float) -> float | str:
     return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 
-def _threshold(at: _Field, raw: Any) -> float:
+def _threshold(at: JsonField, raw: Any) -> float:
     if raw in ("inf", "-inf"):
         return float(raw)
     value = at.number(raw)
     if math.isnan(value):
         raise at.error("is null, not a threshold (a number, \"inf\" or \"-inf\")")
     return value
-
-
-@dataclass(frozen=True)
-class _Field:
-    """Where a value sits (the file and its dotted field path), so that a bad one is named in one line."""
-
-    source: str
-    path: str = ""
-
-    def child(self, key: str) -> _Field:
-        return _Field(self.source, f"{self.path}.{key}" if self.path else key)
-
-    def error(self, problem: str) -> ValueError:
-        return ValueError(f"{self.source}: {f'field {self.path}' if self.path else 'the reference evaluation'} {problem}")
-
-    def fields(self, raw: Any, required: Sequence[str]) -> Mapping[str, Any]:
-        found = self.object(raw)
-        missing = [key for key in required if key not in found]
-        if missing:
-            raise self.child(missing[0]).error("is missing")
-        unknown = [key for key in found if key not in required]
-        if unknown:
-            raise self.child(unknown[0]).error(f"is not a field of this layout (known: {', '.join(required)})")
-        return found
-
-    def object(self, raw: Any) -> dict[str, Any]:
-        if not isinstance(raw, dict):
-            raise self.error(f"is {_shown(raw)}, not an object")
-        return raw
-
-    def array(self, raw: Any) -> list[Any]:
-        if not isinstance(raw, list):
-            raise self.error(f"is {_shown(raw)}, not a list")
-        return raw
-
-    def number(self, raw: Any) -> float:
-        if raw is None:
-            return math.nan  # how the file writes a NaN (strict JSON)
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-            raise self.error(f"is {_shown(raw)}, not a number")
-        return float(raw)
-
-    def integer(self, raw: Any) -> int:
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            raise self.error(f"is {_shown(raw)}, not an integer")
-        return raw
-
-    def text(self, raw: Any) -> str:
-        if not isinstance(raw, str):
-            raise self.error(f"is {_shown(raw)}, not a string")
-        return raw
-
-
-def _shown(raw: Any) -> str:
-    return json.dumps(raw, default=repr)[:40]
