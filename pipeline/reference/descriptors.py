@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -17,11 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.atomic_io import atomic_path
+from pipeline.core.config import ReferenceConfig, ReferenceModelConfig
 from pipeline.reference.dlib_resnet import EMBEDDING_SIZE, DlibResnet
 
 _SCHEMA = pa.schema([("source", pa.string()), ("digest", pa.string()),
                      ("vector", pa.list_(pa.float32(), EMBEDDING_SIZE)), ("detected", pa.bool_())])
 _SETTINGS_KEY = b"facerepro.reference_settings"
+log = logging.getLogger("facerepro.reference")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,12 @@ class DescriberSettings:
     upsample: int
     fallback_crop: float
     dlib: str = version("dlib-bin")
+
+
+def describer_settings(reference: ReferenceConfig, model: ReferenceModelConfig) -> DescriberSettings:
+    """A reference model's settings from params `reference` (validated by pipeline.core.config)."""
+    return DescriberSettings(kind=model.kind, face_selection=reference.face_selection, upsample=reference.upsample,
+                             fallback_crop=reference.fallback_crop)
 
 
 @dataclass(frozen=True)
@@ -136,3 +145,15 @@ def read_descriptors(path: str | Path) -> Descriptors:
     return Descriptors(tuple(table.column("source").to_pylist()), tuple(table.column("digest").to_pylist()),
                        vectors, np.asarray(table.column("detected").to_pylist(), dtype=bool),
                        DescriberSettings(**json.loads(metadata[_SETTINGS_KEY])))
+
+
+def stored_descriptors(path: str | Path) -> Descriptors | None:
+    """The table an earlier run left, or None (none yet, or unreadable: then every photo is described again)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return read_descriptors(path)
+    except (OSError, ValueError) as error:
+        log.warning("%s cannot be reused (%s): every photo is described again", path, error)
+        return None

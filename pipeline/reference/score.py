@@ -16,7 +16,9 @@ import pandas as pd
 
 from pipeline.core.atomic_io import atomic_path
 from pipeline.core.config import ReferenceConfig, ReferenceModelConfig
-from pipeline.reference.descriptors import DescriberSettings, Descriptors, describe, read_descriptors, write_descriptors
+from pipeline.reference.descriptors import (
+    Descriptors, describe, describer_settings, stored_descriptors, write_descriptors,
+)
 from pipeline.reference.dlib_resnet import distance_scores
 from pipeline.reference.evaluation import ProtocolFigures, ReferenceEvaluation, score_protocol
 from pipeline.reference.protocols import PhotoProtocol, distinct_photos
@@ -25,22 +27,6 @@ log = logging.getLogger("facerepro")
 
 DESCRIPTORS = "descriptors.parquet"
 PAIRS = "pairs"
-
-
-def describer_settings(reference: ReferenceConfig, model: ReferenceModelConfig) -> DescriberSettings:
-    return DescriberSettings(kind=model.kind, face_selection=reference.face_selection, upsample=reference.upsample,
-                             fallback_crop=reference.fallback_crop)
-
-
-def previous_descriptors(path: Path) -> Descriptors | None:
-    """The table an earlier run left, or None (none yet, or unreadable: then every photo is described again)."""
-    if not path.is_file():
-        return None
-    try:
-        return read_descriptors(path)
-    except (OSError, ValueError) as error:
-        log.warning("%s cannot be reused (%s): every photo is described again", path, error)
-        return None
 
 
 def pair_distances(descriptors: Descriptors, rows: list[int], pairs: pd.DataFrame) -> np.ndarray:
@@ -60,7 +46,7 @@ def evaluate_model(
     settings = describer_settings(reference, model)
     photos, rows = distinct_photos(protocols)
     table = out_dir / DESCRIPTORS
-    previous = previous_descriptors(table)
+    previous = stored_descriptors(table)
     started = time.perf_counter()
     described = describe(photos, settings, reference.workers, previous)
     reused = 0 if previous is None or previous.settings != settings else len(

@@ -24,8 +24,10 @@ from pipeline.core.config import Config
 from pipeline.core.paths import Paths
 from pipeline.data.records import read_metadata, shard_paths
 from pipeline.experiment.runs import ReferenceHints
-from pipeline.reference.descriptors import DescriberSettings, Descriptors, Photo, describe, digest, read_descriptors
-from pipeline.reference.descriptors import write_descriptors
+from pipeline.reference.descriptors import (
+    Descriptors, Photo, describe, describer_settings, digest, stored_descriptors,
+    write_descriptors,
+)
 
 log = logging.getLogger("facerepro.reference")
 
@@ -47,13 +49,6 @@ class TargetsSummary:
 
 def targets_path(paths: Paths, model: str) -> Path:
     return paths.reference_targets / f"{model}.parquet"
-
-
-def describer_settings(cfg: Config, model: str) -> DescriberSettings:
-    """Reference model `model`'s settings from params `reference` (validated by pipeline.core.config)."""
-    reference = cfg.reference
-    return DescriberSettings(kind=reference.models[model].kind, face_selection=reference.face_selection,
-                             upsample=reference.upsample, fallback_crop=reference.fallback_crop)
 
 
 def training_photos(paths: Paths) -> list[Photo]:
@@ -88,24 +83,13 @@ def descriptors_digest(descriptors: Descriptors) -> str:
     return h.hexdigest()[:16]
 
 
-def _stored(path: Path) -> Descriptors | None:
-    """The table a previous run stored, or None (absent; unreadable: described again, with a log line)."""
-    if not path.is_file():
-        return None
-    try:
-        return read_descriptors(path)
-    except (OSError, ValueError) as error:
-        log.warning("%s cannot be read (%s): every photo is described again", path, error)
-        return None
-
-
 def cached_descriptors(cfg: Config, paths: Paths, model: str) -> tuple[Descriptors, TargetsSummary]:
     """Reference model `model`'s descriptors of the training photos: those stored with the same bytes and settings
     reused, the others described (cfg.reference.workers processes); the table and summary.json written."""
     path = targets_path(paths, model)
-    previous = _stored(path)
+    previous = stored_descriptors(path)
     photos = training_photos(paths)
-    settings = describer_settings(cfg, model)
+    settings = describer_settings(cfg.reference, cfg.reference.models[model])
     known = set()
     if previous is not None and previous.settings == settings:
         known = set(zip(previous.sources, previous.digests))
